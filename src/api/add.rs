@@ -1,0 +1,86 @@
+//! `POST /pks/add`: submit certificates.
+//!
+//! Accepts `application/x-www-form-urlencoded` with a `keytext` field (gpg escapes every
+//! non-alphanumeric byte, sq does not escape `=`), or a raw armored/binary body with any
+//! other content type. Answers once the write is committed, fsynced and applied on this node,
+//! with a per-key summary: text, or JSON with `options=mr` or `Accept: application/json`.
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+
+use super::error::ApiError;
+use super::query::pairs;
+use super::AppState;
+use crate::raft::ItemReport;
+
+/// Handle one submission; bounded by the request timeout.
+pub async fn add(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let work = async {
+        let body = read_limited(body, limit).await?;
+        let keytext = keytext(&req, body)?;
+        let (report, index) = state.keys.submit(keytext, state.settings.limits).await?;
+        Ok::<_, ApiError>(respond(&req, &report, index))
+    };
+    match tokio::time::timeout(state.settings.write_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::Unavailable("write not committed in time; it may still be applied".into())),
+    }
+}
+
+async fn read_limited(mut body: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Ok(body.to_vec());
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("form body is not valid UTF-8".into()))?;
+    pairs(text)
+        .find(|(k, _)| k == "keytext")
+        .map(|(_, v)| v)
+        .ok_or_else(|| ApiError::BadRequest("missing keytext field".into()))
+}
+
+fn wants_json(req: &HttpRequest) -> bool {
+    let mr = pairs(req.query_string()).any(|(k, v)| k == "options" && v.split(|c| *c == b',').any(|o| o == b"mr"));
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    mr || accept
+}
+
+fn respond(req: &HttpRequest, report: &[ItemReport], index: u64) -> HttpResponse {
+    let mut b = HttpResponse::Ok();
+    b.insert_header(("X-Keyraft-Log-Index", index.to_string()));
+    if wants_json(req) {
+        return b.json(serde_json::json!({ "keys": report, "log_index": index }));
+    }
+    let mut text = String::new();
+    for r in report {
+        let status = serde_json::to_value(&r.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let fpr = if r.fingerprint.is_empty() { "-" } else { &r.fingerprint };
+        text.push_str(&format!("{status} {fpr}"));
+        if let Some(reason) = &r.reason {
+            text.push_str(&format!(": {reason}"));
+        }
+        text.push('\n');
+    }
+    b.content_type("text/plain; charset=utf-8").body(text)
+}

@@ -1,0 +1,82 @@
+//! The one mapping from errors to HTTP status codes and one-line reasons.
+//!
+//! Every error a client can cause ends here. Bodies are `text/plain`, one line, so `gpg` and
+//! `curl` users see the reason. 503 is used only for real unavailability (gpg retries it),
+//! never 502 (gpg marks the host dead for 1.5 h).
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::raft::{RaftError, SubmitError};
+
+/// An HTTP-facing error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed (bad query, bad form, bad search).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing matches the search, or the path does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported on this path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The `op` is not one keyraft implements.
+    #[error("operation {0:?} is not implemented")]
+    NotImplemented(String),
+    /// The body is over the configured limit.
+    #[error("request body over the {0}-byte limit")]
+    TooLarge(usize),
+    /// The submission was understood but refused (secret keys, no valid certificate...).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The cluster cannot serve this now (no leader, no quorum, timed out); retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a storage failure on this node.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut b = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable(_)) {
+            b.insert_header(("Retry-After", "2"));
+        }
+        let line = self.to_string().replace(['\r', '\n'], " ");
+        b.content_type("text/plain; charset=utf-8").body(format!("{line}\n"))
+    }
+}
+
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Raft(r) => r.into(),
+            other => ApiError::Unprocessable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `GET /pks/lookup`: get, index, vindex, stats.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::ApiError;
+use super::format;
+use super::query::{parse_lookup, LookupOp};
+use super::AppState;
+
+/// Handle one lookup; bounded by the request timeout.
+pub async fn lookup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let q = parse_lookup(req.query_string())?;
+    let st = state.clone();
+    let work = web::block(move || answer(&st, q));
+    match tokio::time::timeout(state.settings.request_timeout, work).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(_) => Err(ApiError::Unavailable("lookup timed out".into())),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse, ApiError> {
+    if q.op == LookupOp::Stats {
+        return stats(state, q.mr);
+    }
+    let search = q.search.expect("parser requires search for this op");
+    let keys = state.keys.find(&search, state.settings.result_limit)?;
+    if keys.is_empty() {
+        return Err(ApiError::NotFound("no key matches the search".into()));
+    }
+    match q.op {
+        LookupOp::Get => Ok(HttpResponse::Ok()
+            .content_type("application/pgp-keys")
+            .body(format::armor(&keys))),
+        LookupOp::Index | LookupOp::Vindex => {
+            let summaries: Vec<_> = keys.iter().map(|k| &k.summary).collect();
+            if q.mr {
+                return Ok(HttpResponse::Ok()
+                    .content_type("text/plain; charset=utf-8")
+                    .body(format::mr_index(&summaries, now())));
+            }
+            let sigs: Vec<_> = if q.op == LookupOp::Vindex {
+                keys.iter().map(crate::raft::vindex_sigs).collect()
+            } else {
+                Vec::new()
+            };
+            Ok(HttpResponse::Ok()
+                .content_type("text/html; charset=utf-8")
+                .body(format::html_index("Search results", &summaries, &sigs, now())))
+        }
+        LookupOp::Stats => unreachable!("handled above"),
+    }
+}
+
+fn stats(state: &AppState, mr: bool) -> Result<HttpResponse, ApiError> {
+    let s = state.keys.stats()?;
+    let node = state.keys.raft().status();
+    if mr {
+        let body = serde_json::json!({
+            "software": "keyraft",
+            "version": env!("CARGO_PKG_VERSION"),
+            "certificates": s.certificates,
+            "live_data_bytes": s.live_data_bytes,
+            "node": node,
+        });
+        return Ok(HttpResponse::Ok().json(body));
+    }
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>keyraft statistics</title></head><body>\n\
+         <h1>keyraft {}</h1>\n<table>\n<tr><th>Certificates</th><td>{}</td></tr>\n\
+         <tr><th>Live data (bytes, estimate)</th><td>{}</td></tr>\n<tr><th>Raft node</th><td>{}</td></tr>\n\
+         <tr><th>Applied index</th><td>{}</td></tr>\n</table>\n</body></html>\n",
+        env!("CARGO_PKG_VERSION"),
+        s.certificates,
+        s.live_data_bytes,
+        node.id,
+        node.applied_index.unwrap_or(0)
+    );
+    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(body))
+}

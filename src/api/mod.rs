@@ -1,0 +1,89 @@
+//! HKP over HTTP (actix-web): `/pks/lookup`, `/pks/add`, `/health`, `/ready`.
+//!
+//! Reads and writes go through [`crate::raft::Keyserver`]; this layer never touches the store
+//! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
+//! in-process tests. Status codes come from one place, [`error::ApiError`].
+pub mod add;
+pub mod error;
+pub mod format;
+pub mod health;
+pub mod lookup;
+pub mod query;
+pub mod rawtarget;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{web, App};
+
+use crate::pgp::Limits;
+use crate::raft::Keyserver;
+
+pub use server::ServerSettings;
+
+/// Per-request settings of the HKP API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Most certificates one lookup returns.
+    pub result_limit: usize,
+    /// Largest accepted `/pks/add` body.
+    pub max_body_bytes: usize,
+    /// Bound on a lookup.
+    pub request_timeout: Duration,
+    /// Bound on a write (commit and apply).
+    pub write_timeout: Duration,
+    /// Limits and flooding defence for submissions.
+    pub limits: Limits,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            result_limit: 100,
+            max_body_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Keyserver,
+    pub settings: Arc<ApiSettings>,
+}
+
+/// The one app factory (production and tests).
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .service(
+            web::resource("/pks/lookup")
+                .route(web::get().to(lookup::lookup))
+                .route(web::head().to(lookup::lookup))
+                .default_service(web::to(|| async { error::ApiError::MethodNotAllowed })),
+        )
+        .service(
+            web::resource("/pks/add")
+                .route(web::post().to(add::add))
+                .default_service(web::to(|| async { error::ApiError::MethodNotAllowed })),
+        )
+        .route("/health", web::get().to(health::health))
+        .route("/ready", web::get().to(health::ready))
+        .default_service(web::to(health::not_found))
+}

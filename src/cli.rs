@@ -1,0 +1,303 @@
+//! The command line: `keyraft serve`, `keyraft import`, `keyraft export`.
+//!
+//! Part of the `main` layer: it parses arguments and calls `node` (serve), the HTTP client
+//! (import: a client of a running node, so bulk loads take the same Raft path as every
+//! write), or the store read-only (export).
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sequoia_openpgp::cert::CertParser;
+use sequoia_openpgp::parse::{PacketParserBuilder, Parse};
+use sequoia_openpgp::serialize::MarshalInto;
+
+use crate::config::Config;
+
+/// keyraft: a Raft-replicated OpenPGP keyserver speaking HKP.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: HKP (and hkps) listeners over a Raft-replicated RocksDB store. A node with
+    /// an empty data directory initialises a one-member cluster; a restart resumes it.
+    Serve {
+        /// Configuration file (see docs/configuration.md). Without it, built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides node.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// HKP listen address (overrides hkp.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// hkps listen address (overrides hkp.tls_listen; needs tls_cert and tls_key).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
+        /// PEM certificate chain for hkps (overrides hkp.tls_cert).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for hkps (overrides hkp.tls_key).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+    },
+    /// Bulk-load keyring dumps (binary or armored) into a running node through /pks/add, in
+    /// batches, with a progress bar and a summary of new/updated/unchanged/rejected.
+    Import {
+        /// HKP address of the node.
+        #[arg(long, default_value = "127.0.0.1:11371")]
+        server: String,
+        /// Certificates per batch (one Raft entry each).
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+        /// Maximum bytes per batch.
+        #[arg(long, default_value_t = 4 << 20)]
+        batch_bytes: usize,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Keyring files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write every stored certificate as a binary keyring (a dump `import` reads back). Opens
+    /// the data directory read-only, so it works while the node runs.
+    Export {
+        /// Data directory of the node.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            tls_listen,
+            tls_cert,
+            tls_key,
+        } => {
+            let mut c = Config::load(config.as_deref(), std::env::vars())?;
+            c.node.data_dir = data_dir.unwrap_or(c.node.data_dir);
+            c.hkp.listen = listen.unwrap_or(c.hkp.listen);
+            c.hkp.tls_listen = tls_listen.or(c.hkp.tls_listen);
+            c.hkp.tls_cert = tls_cert.or(c.hkp.tls_cert);
+            c.hkp.tls_key = tls_key.or(c.hkp.tls_key);
+            serve(c)
+        }
+        Command::Import {
+            server,
+            batch,
+            batch_bytes,
+            quiet,
+            files,
+        } => import(&server, batch.max(1), batch_bytes, quiet, &files),
+        Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.node.log));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let node = crate::node::Node::start(&config).await?;
+        node.run().await
+    })
+}
+
+/// Import totals.
+#[derive(Debug, Default)]
+struct Totals {
+    new: u64,
+    updated: u64,
+    unchanged: u64,
+    rejected: u64,
+    reasons: std::collections::BTreeMap<String, u64>,
+}
+
+fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[PathBuf]) -> anyhow::Result<()> {
+    let addr = server
+        .trim_start_matches("http://")
+        .trim_start_matches("hkp://")
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {server}"))?
+        .next()
+        .context("no address")?;
+    let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total_bytes)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    let mut certs = 0u64;
+    for file in files {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut in_batch = 0usize;
+        let mut flush = |pending: &mut Vec<u8>, in_batch: &mut usize, totals: &mut Totals| -> anyhow::Result<()> {
+            if *in_batch > 0 {
+                post_batch(addr, pending, totals)?;
+                pending.clear();
+                *in_batch = 0;
+            }
+            Ok(())
+        };
+        for_each_cert(file, |item, consumed| {
+            match item {
+                Ok(bytes) => {
+                    certs += 1;
+                    pending.extend_from_slice(&bytes);
+                    in_batch += 1;
+                    if in_batch >= batch || pending.len() >= batch_bytes {
+                        flush(&mut pending, &mut in_batch, &mut totals)?;
+                    }
+                }
+                Err(reason) => {
+                    totals.rejected += 1;
+                    *totals.reasons.entry(reason).or_default() += 1;
+                }
+            }
+            bar.set_position(consumed);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{certs} certs, {:.0} certs/s", certs as f64 / secs));
+            Ok(())
+        })?;
+        flush(&mut pending, &mut in_batch, &mut totals)?;
+    }
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "imported {certs} certificates ({:.1} MB) in {secs:.2} s: {:.0} certs/s, {:.1} MB/s",
+        total_bytes as f64 / 1e6,
+        certs as f64 / secs.max(1e-3),
+        total_bytes as f64 / 1e6 / secs.max(1e-3)
+    );
+    println!(
+        "new {}, updated {}, unchanged {}, rejected {}",
+        totals.new, totals.updated, totals.unchanged, totals.rejected
+    );
+    for (reason, n) in &totals.reasons {
+        println!("  rejected {n}: {reason}");
+    }
+    Ok(())
+}
+
+/// Stream certificates out of a keyring file, calling `f` with each one's binary form (or
+/// the reason it is unreadable) and the bytes consumed so far.
+fn for_each_cert(
+    path: &Path,
+    mut f: impl FnMut(Result<Vec<u8>, String>, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let counter = CountingReader {
+        inner: BufReader::new(file),
+        count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let count = counter.count.clone();
+    let ppr = PacketParserBuilder::from_reader(counter)?.max_recursion_depth(0).build()?;
+    for item in CertParser::from(ppr) {
+        let consumed = count.load(std::sync::atomic::Ordering::Relaxed).min(size);
+        match item {
+            Ok(cert) => f(cert.to_vec().map_err(|e| e.to_string()), consumed)?,
+            Err(e) => f(Err(e.to_string()), consumed)?,
+        }
+    }
+    Ok(())
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn post_batch(addr: SocketAddr, body: &[u8], totals: &mut Totals) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 0..5 {
+        let r = crate::client::request(
+            addr,
+            "POST",
+            "/pks/add?options=mr",
+            &[("Content-Type", "application/pgp-keys")],
+            body,
+            Duration::from_secs(120),
+        );
+        match r {
+            Ok(resp) if resp.status == 200 => {
+                let v: serde_json::Value = serde_json::from_slice(&resp.body).context("server answer is not JSON")?;
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    match k["status"].as_str() {
+                        Some("new") => totals.new += 1,
+                        Some("updated") => totals.updated += 1,
+                        Some("unchanged") => totals.unchanged += 1,
+                        _ => {
+                            totals.rejected += 1;
+                            let reason = k["reason"].as_str().unwrap_or("unknown").to_string();
+                            *totals.reasons.entry(reason).or_default() += 1;
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Ok(resp) if resp.status == 422 => {
+                totals.rejected += 1;
+                *totals.reasons.entry(resp.text().trim().to_string()).or_default() += 1;
+                return Ok(());
+            }
+            Ok(resp) if resp.status == 503 && attempt < 4 => {}
+            Ok(resp) => bail!("server answered {}: {}", resp.status, resp.text().trim()),
+            Err(e) if attempt < 4 => tracing::warn!("batch failed ({e}), retrying"),
+            Err(e) => return Err(e).context("posting a batch"),
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
+    }
+    bail!("server unavailable")
+}
+
+fn export(data_dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let store = crate::store::Store::open_read_only(data_dir)?;
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut n = 0u64;
+    store.for_each_cert(|r| {
+        n += 1;
+        out.write_all(&r.cert)
+    })?;
+    out.flush()?;
+    eprintln!("exported {n} certificates");
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! Configuration: the `hkp.toml` file, environment overrides, command-line overrides.
+//!
+//! A leaf module every layer may read. Unknown keys are rejected (serde
+//! `deny_unknown_fields`), naming the key. Defaults live in the `Default` impls below and
+//! nowhere else.
+//!
+//! Environment overrides: `KEYRAFT_<SECTION>__<FIELD>=<value>`, e.g. `KEYRAFT_HKP__LISTEN=0.0.0.0:11371`
+//! or `KEYRAFT_LIMITS__THIRD_PARTY_CAP=50`. The value is read as a TOML value when it parses as
+//! one (numbers, booleans, quoted strings) and as a plain string otherwise. They apply after
+//! the file and before command-line flags.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pgp::{Limits, ThirdPartyPolicy};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's identity and storage.
+    pub node: NodeConfig,
+    /// HKP listeners and request handling.
+    pub hkp: HkpConfig,
+    /// Certificate limits and the flooding defence.
+    pub limits: LimitsConfig,
+    /// Raft timing, snapshots and log compaction.
+    pub raft: RaftConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Directory for RocksDB, snapshots and the node id. Relative paths are relative to the
+    /// working directory.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax), overridden by `RUST_LOG`.
+    pub log: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+        }
+    }
+}
+
+/// `[hkp]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HkpConfig {
+    /// Plain HKP listener.
+    pub listen: SocketAddr,
+    /// hkps listener (HKP over TLS); off when absent.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for hkps.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for hkps.
+    pub tls_key: Option<PathBuf>,
+    /// Most certificates one lookup returns.
+    pub result_limit: usize,
+    /// Largest accepted `/pks/add` body in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Seconds a lookup may take before it is answered 503.
+    pub request_timeout_secs: u64,
+    /// Seconds a write may wait for commit and apply before it is answered 503.
+    pub write_timeout_secs: u64,
+    /// Seconds a client has to send its request head; also the keep-alive idle time.
+    pub client_timeout_secs: u64,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+    /// Most concurrent connections per worker.
+    pub max_connections: usize,
+}
+
+impl Default for HkpConfig {
+    fn default() -> Self {
+        HkpConfig {
+            listen: "127.0.0.1:11371".parse().expect("valid literal"),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            result_limit: 100,
+            max_body_bytes: 8 << 20,
+            request_timeout_secs: 10,
+            write_timeout_secs: 30,
+            client_timeout_secs: 10,
+            workers: 0,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Third-party certifications: "keep", "drop" or "cap".
+    pub third_party: String,
+    /// With "cap": how many third-party certifications to keep per user id (the newest).
+    pub third_party_cap: u32,
+    /// Maximum certificate size in bytes (Hockeypuck's default: 1 MiB).
+    pub max_cert_bytes: u32,
+    /// Maximum size of one packet; larger photo ids and certifications are dropped.
+    pub max_packet_bytes: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = Limits::default();
+        LimitsConfig {
+            third_party: "cap".into(),
+            third_party_cap: 100,
+            max_cert_bytes: d.max_cert_bytes,
+            max_packet_bytes: d.max_packet_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The validated runtime form.
+    pub fn to_limits(&self) -> Result<Limits, ConfigError> {
+        let third_party = match self.third_party.as_str() {
+            "keep" => ThirdPartyPolicy::Keep,
+            "drop" => ThirdPartyPolicy::Drop,
+            "cap" => ThirdPartyPolicy::Cap(self.third_party_cap),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.third_party must be \"keep\", \"drop\" or \"cap\", not {other:?}"
+                )))
+            }
+        };
+        Ok(Limits {
+            third_party,
+            max_cert_bytes: self.max_cert_bytes,
+            max_packet_bytes: self.max_packet_bytes,
+        })
+    }
+}
+
+/// `[raft]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound in milliseconds.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound in milliseconds.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, so a lagging follower can catch up from the log.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 10_000,
+            keep_logs: 5_000,
+        }
+    }
+}
+
+/// Configuration errors, each naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file or an override is not valid (unknown key, wrong type...).
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Load `path` (or the defaults when `None`) and apply `KEYRAFT_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = path.map_or("defaults".to_string(), |p| p.display().to_string());
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: e.message().to_string() + &location(&text, e.span()),
+        })?;
+        let mut overridden = Vec::new();
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("KEYRAFT_") else { continue };
+            let Some((section, field)) = rest.split_once("__") else { continue };
+            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            if let toml::Value::Table(t) = entry {
+                t.insert(field.clone(), value);
+            }
+            overridden.push(format!("{k}"));
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: if overridden.is_empty() { origin } else { format!("{origin} with {}", overridden.join(", ")) },
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.to_limits()?;
+        if self.hkp.tls_listen.is_some() && (self.hkp.tls_cert.is_none() || self.hkp.tls_key.is_none()) {
+            return Err(ConfigError::Invalid("hkp.tls_listen needs hkp.tls_cert and hkp.tls_key".into()));
+        }
+        if self.raft.election_min_ms >= self.raft.election_max_ms || self.raft.heartbeat_ms >= self.raft.election_min_ms {
+            return Err(ConfigError::Invalid(
+                "raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms".into(),
+            ));
+        }
+        if self.hkp.result_limit == 0 || self.hkp.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid("hkp.result_limit and hkp.max_body_bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: Vec<(&str, &str)>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hkp.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Some(&p), env.into_iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    #[test]
+    fn shipped_file_parses_and_matches_the_documented_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hkp.toml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.hkp.listen, "127.0.0.1:11371".parse().unwrap());
+        assert_eq!(c.node.data_dir, PathBuf::from("./data"));
+        assert_eq!(c, Config::default(), "hkp.toml documents the defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load_str("[hkp]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n", vec![]).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let e = load_str("[nope]\n", vec![]).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_checked() {
+        let c = load_str(
+            "",
+            vec![("KEYRAFT_HKP__LISTEN", "0.0.0.0:1"), ("KEYRAFT_LIMITS__THIRD_PARTY_CAP", "7"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!(c.hkp.listen, "0.0.0.0:1".parse().unwrap());
+        assert_eq!(c.limits.to_limits().unwrap().third_party, ThirdPartyPolicy::Cap(7));
+        let e = load_str("", vec![("KEYRAFT_HKP__BOGUS", "1")]).unwrap_err();
+        assert!(e.to_string().contains("bogus") && e.to_string().contains("KEYRAFT_HKP__BOGUS"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(load_str("[limits]\nthird_party = \"some\"\n", vec![]).is_err());
+        assert!(load_str("[hkp]\ntls_listen = \"127.0.0.1:1\"\n", vec![]).is_err());
+        assert!(load_str("[hkp]\nlisten = \"not an address\"\n", vec![]).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The composition root: opens the store, starts Raft, initialises a fresh one-member cluster
+//! once, and serves HKP. The only module that sees every layer.
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::api::{self, ApiSettings, AppState, ServerSettings};
+use crate::config::Config;
+use crate::raft::{Keyserver, KeyraftNode, RaftNode, RaftSettings};
+use crate::store::Store;
+
+const NODE_ID_KEY: &str = "node_id";
+
+/// This node's Raft id: generated once, persisted, never reused.
+fn node_id(store: &Store) -> anyhow::Result<u64> {
+    if let Some(b) = store.raft_meta_get(NODE_ID_KEY)? {
+        let arr: [u8; 8] = b.as_slice().try_into().context("stored node id is not 8 bytes")?;
+        return Ok(u64::from_be_bytes(arr));
+    }
+    let mut h = Sha256::new();
+    h.update(format!("{:?}", std::time::SystemTime::now()));
+    h.update(std::process::id().to_be_bytes());
+    h.update(store.data_dir().display().to_string());
+    let d = h.finalize();
+    // Keep ids positive and human-sized (53 bits, exact in JSON numbers); never 0.
+    let id = (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) >> 11).max(1);
+    store.raft_meta_put(NODE_ID_KEY, &id.to_be_bytes())?;
+    Ok(id)
+}
+
+/// A running node.
+pub struct Node {
+    pub keys: Keyserver,
+    pub raft: RaftNode,
+    pub server: actix_server::Server,
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+impl Node {
+    /// Start a node from a validated configuration.
+    pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        let store = Store::open(&config.node.data_dir)
+            .with_context(|| format!("opening data directory {}", config.node.data_dir.display()))?;
+        let id = node_id(&store)?;
+        let me = KeyraftNode {
+            name: hostname(),
+            raft_addr: String::new(),
+            http_addr: config.hkp.listen.to_string(),
+        };
+        let settings = RaftSettings {
+            heartbeat_ms: config.raft.heartbeat_ms,
+            election_min_ms: config.raft.election_min_ms,
+            election_max_ms: config.raft.election_max_ms,
+            snapshot_logs_since_last: config.raft.snapshot_every,
+            max_in_snapshot_log_to_keep: config.raft.keep_logs,
+            ..RaftSettings::default()
+        };
+        let raft = RaftNode::start(store.clone(), id, me, settings).await?;
+        if raft.initialize_if_fresh().await? {
+            info!(node_id = id, "initialised a new one-member cluster");
+        } else {
+            info!(node_id = id, "restarted with existing Raft state");
+        }
+        let keys = Keyserver::new(raft.clone(), store, id);
+        let state = AppState {
+            keys: keys.clone(),
+            settings: std::sync::Arc::new(ApiSettings {
+                result_limit: config.hkp.result_limit,
+                max_body_bytes: config.hkp.max_body_bytes,
+                request_timeout: Duration::from_secs(config.hkp.request_timeout_secs),
+                write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
+                limits: config.limits.to_limits()?,
+            }),
+        };
+        let workers = if config.hkp.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.hkp.workers
+        };
+        let server_settings = ServerSettings {
+            listen: config.hkp.listen,
+            tls_listen: config.hkp.tls_listen,
+            tls_cert: config.hkp.tls_cert.clone(),
+            tls_key: config.hkp.tls_key.clone(),
+            workers,
+            request_timeout: Duration::from_secs(config.hkp.client_timeout_secs),
+            keep_alive: Duration::from_secs(config.hkp.client_timeout_secs),
+            max_connections: config.hkp.max_connections,
+        };
+        let (server, addrs) = api::server::start(state, server_settings)
+            .await
+            .with_context(|| format!("listening on {}", config.hkp.listen))?;
+        for a in &addrs {
+            info!(%a, "HKP listening");
+        }
+        Ok(Node {
+            keys,
+            raft,
+            server,
+            addrs,
+        })
+    }
+
+    /// Serve until the server stops (SIGINT/SIGTERM), then shut Raft down.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.server.await?;
+        info!("HTTP stopped; shutting Raft down");
+        self.raft.shutdown().await;
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "keyraft".into())
+}

@@ -1,0 +1,140 @@
+//! Splitting a submission into certificates.
+//!
+//! Input is armored (one or many `-----BEGIN PGP ...-----` blocks, with anything between
+//! them ignored) or binary (a keyring: certificates back to back). Containers are not
+//! entered (a compressed-data packet is not a certificate, and not decompressing bounds the
+//! work a small body can cause), and packets over the packet cap are not buffered.
+use sequoia_openpgp::armor::{Kind, Reader, ReaderMode};
+use sequoia_openpgp::cert::CertParser;
+use sequoia_openpgp::parse::{Dearmor, PacketParserBuilder, Parse};
+use sequoia_openpgp::Cert;
+use std::io::Read;
+
+use super::{Limits, PgpError};
+
+/// One item of a submission: a certificate, or the reason a part could not be read.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A certificate as parsed (not yet cleaned).
+    Cert(Box<Cert>),
+    /// A part that is not a certificate, with the reason.
+    Unreadable(String),
+}
+
+/// Split `input` into certificates. Refuses the whole submission if any part carries secret
+/// key material, and fails if nothing at all could be read.
+pub fn parse_submission(input: &[u8], limits: &Limits) -> Result<Vec<Parsed>, PgpError> {
+    let mut out = Vec::new();
+    let blocks = armor_blocks(input);
+    if blocks.is_empty() {
+        parse_binary(input, limits, &mut out)?;
+    } else {
+        for block in blocks {
+            if block.windows(7).any(|w| w == b"PRIVATE") {
+                return Err(PgpError::SecretKeyMaterial);
+            }
+            let mut bin = Vec::new();
+            let mut r = Reader::from_bytes(block, ReaderMode::Tolerant(Some(Kind::PublicKey)));
+            match r.read_to_end(&mut bin) {
+                Ok(_) => parse_binary(&bin, limits, &mut out)?,
+                Err(e) => out.push(Parsed::Unreadable(format!("bad armor: {e}"))),
+            }
+        }
+    }
+    if !out.iter().any(|p| matches!(p, Parsed::Cert(_))) {
+        let why = out
+            .iter()
+            .find_map(|p| match p {
+                Parsed::Unreadable(r) => Some(r.clone()),
+                Parsed::Cert(_) => None,
+            })
+            .unwrap_or_else(|| "empty input".into());
+        return Err(PgpError::Unparsable(why));
+    }
+    Ok(out)
+}
+
+/// The byte ranges of armored blocks, BEGIN line to END line inclusive.
+fn armor_blocks(input: &[u8]) -> Vec<&[u8]> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP ";
+    const END: &[u8] = b"-----END PGP ";
+    let mut blocks = Vec::new();
+    let mut rest = input;
+    let mut offset = 0;
+    while let Some(b) = find(rest, BEGIN) {
+        let start = offset + b;
+        let after = &input[start..];
+        let end = match find(after, END) {
+            Some(e) => {
+                let line_end = after[e..].iter().position(|&c| c == b'\n').map_or(after.len(), |n| e + n + 1);
+                start + line_end
+            }
+            None => input.len(),
+        };
+        blocks.push(&input[start..end]);
+        offset = end;
+        rest = &input[end..];
+    }
+    blocks
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_binary(bin: &[u8], limits: &Limits, out: &mut Vec<Parsed>) -> Result<(), PgpError> {
+    let ppr = PacketParserBuilder::from_bytes(bin)
+        .and_then(|b| {
+            b.dearmor(Dearmor::Disabled)
+                .max_recursion_depth(0)
+                .max_packet_size(limits.max_packet_bytes)
+                .build()
+        })
+        .map_err(|e| PgpError::Unparsable(e.to_string()))?;
+    for item in CertParser::from(ppr) {
+        match item {
+            Ok(cert) if cert.is_tsk() => return Err(PgpError::SecretKeyMaterial),
+            Ok(cert) => out.push(Parsed::Cert(Box::new(cert))),
+            Err(e) => out.push(Parsed::Unreadable(one_line(&e))),
+        }
+    }
+    Ok(())
+}
+
+/// An error chain as one line.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for c in e.chain().skip(1) {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+    }
+    s.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_armor_blocks_and_ignores_text_between() {
+        let s = b"junk\n-----BEGIN PGP PUBLIC KEY BLOCK-----\nA\n-----END PGP PUBLIC KEY BLOCK-----\nmid\n-----BEGIN PGP PUBLIC KEY BLOCK-----\nB\n-----END PGP PUBLIC KEY BLOCK-----\n";
+        let b = armor_blocks(s);
+        assert_eq!(b.len(), 2);
+        assert!(b[1].starts_with(b"-----BEGIN") && b[1].ends_with(b"-----\n"));
+    }
+
+    #[test]
+    fn garbage_is_unparsable() {
+        assert!(matches!(
+            parse_submission(b"hello world", &Limits::default()),
+            Err(PgpError::Unparsable(_))
+        ));
+        assert!(matches!(parse_submission(b"", &Limits::default()), Err(PgpError::Unparsable(_))));
+    }
+
+    #[test]
+    fn private_key_block_is_refused() {
+        let s = b"-----BEGIN PGP PRIVATE KEY BLOCK-----\nxx\n-----END PGP PRIVATE KEY BLOCK-----\n";
+        assert_eq!(parse_submission(s, &Limits::default()).unwrap_err(), PgpError::SecretKeyMaterial);
+    }
+}

@@ -1,0 +1,100 @@
+//! [`RaftError`]: everything the raft facade can fail with, in terms upper layers can act on.
+//!
+//! The API layer maps these to HTTP statuses in one place (e.g. `NotLeader`/`NoQuorum` → 503,
+//! `Timeout` → 504, `Storage`/`Fatal` → 500); the rpc layer forwards writes on `NotLeader`.
+//! openraft's own error types are converted here and never leave the raft layer.
+use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError};
+use openraft::metrics::WaitError;
+
+use crate::raft::types::{NodeId, TypeConfig};
+
+/// An error from the raft facade.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftError {
+    /// This node is not the leader; `leader` is the current leader if known (forward there).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The proposal was dropped by a leader change: it may or may not commit; retry it with the
+    /// same request id (apply deduplicates).
+    #[error("leader changed while proposing (new leader: {leader:?}); outcome unknown")]
+    LeaderChanged { leader: Option<NodeId> },
+    /// The leader could not confirm its leadership with a quorum (e.g. peers are down).
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The operation did not finish in time; for writes the outcome is unknown.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The cluster has not been initialised yet (no membership).
+    #[error("cluster not initialised")]
+    NotInitialized,
+    /// A membership change was refused (another change in progress, unknown node, ...).
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// A peer message could not be decoded.
+    #[error("bad message: {0}")]
+    Codec(String),
+    /// The settings are invalid (e.g. election timeout not above heartbeat).
+    #[error("invalid raft settings: {0}")]
+    InvalidSettings(String),
+    /// Reading or writing the local store failed; the node stops serving.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The raft node is shutting down or has stopped.
+    #[error("raft is shutting down")]
+    ShuttingDown,
+    /// An unrecoverable internal error (e.g. the raft task panicked).
+    #[error("fatal raft error: {0}")]
+    Fatal(String),
+}
+
+impl From<Fatal<TypeConfig>> for RaftError {
+    fn from(e: Fatal<TypeConfig>) -> Self {
+        match e {
+            Fatal::StorageError(s) => RaftError::Storage(s.to_string()),
+            Fatal::Stopped => RaftError::ShuttingDown,
+            other => RaftError::Fatal(other.to_string()),
+        }
+    }
+}
+
+impl From<openraft::errors::RaftError<TypeConfig>> for RaftError {
+    fn from(e: openraft::errors::RaftError<TypeConfig>) -> Self {
+        e.unwrap_fatal().into()
+    }
+}
+
+impl From<openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for RaftError {
+    fn from(e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
+        match e {
+            openraft::errors::RaftError::Fatal(f) => f.into(),
+            openraft::errors::RaftError::APIError(api) => match api {
+                ClientWriteError::ForwardToLeader(f) => RaftError::NotLeader { leader: f.leader_id },
+                ClientWriteError::LogEntryDiscarded(f) => RaftError::LeaderChanged { leader: f.leader_id },
+                ClientWriteError::ChangeMembershipError(m) => RaftError::Membership(m.to_string()),
+                other => RaftError::Fatal(other.to_string()),
+            },
+        }
+    }
+}
+
+impl From<openraft::errors::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for RaftError {
+    fn from(e: openraft::errors::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
+        match e {
+            openraft::errors::RaftError::Fatal(f) => f.into(),
+            openraft::errors::RaftError::APIError(api) => match api {
+                LinearizableReadError::ForwardToLeader(f) => RaftError::NotLeader { leader: f.leader_id },
+                LinearizableReadError::QuorumNotEnough(q) => RaftError::NoQuorum(q.to_string()),
+            },
+        }
+    }
+}
+
+impl From<WaitError> for RaftError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Timeout(..) => RaftError::Timeout(e.to_string()),
+            _ => RaftError::ShuttingDown,
+        }
+    }
+}

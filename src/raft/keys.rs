@@ -1,0 +1,258 @@
+//! [`Keyserver`]: the facade the HTTP and gRPC layers use for keys.
+//!
+//! Writes: parse and clean on this node (the expensive part, done once, off the async
+//! threads), then propose one command carrying canonical bytes and the proposer's time, and
+//! answer after it is committed and applied here. Reads: straight from the local replica.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sequoia_openpgp::serialize::MarshalInto;
+
+use super::command::{ApplyOutcome, Command, CommandV1, Op};
+use super::{RaftError, RaftNode};
+use crate::pgp::{self, Limits, Parsed, PgpError};
+use crate::store::{CertRecord, IndexKind, Store, StoreStats};
+
+pub use crate::pgp::{Summary, UidSummary};
+
+/// What one search looks for. Built by the HKP query parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Search {
+    /// A v4 or v6 fingerprint of a primary key or subkey.
+    Fingerprint(Vec<u8>),
+    /// A 64-bit key id.
+    KeyId64(Vec<u8>),
+    /// A 32-bit key id.
+    KeyId32(Vec<u8>),
+    /// A normalised e-mail address.
+    Email(String),
+    /// User id words; every word must match.
+    Words(Vec<String>),
+}
+
+/// A stored certificate as readers see it.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    pub cert: Vec<u8>,
+    pub summary: Summary,
+    pub updated_at: u64,
+}
+
+/// The result of one submitted item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    New,
+    Updated,
+    Unchanged,
+    Rejected,
+}
+
+/// One line of a submission report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemReport {
+    pub fingerprint: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a submission failed as a whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The input was refused before proposing (secret keys, nothing parsable, nothing valid).
+    #[error("{0}")]
+    Refused(PgpError),
+    /// Every certificate was rejected; the reasons, one per item.
+    #[error("no valid certificate: {}", .0.iter().map(|i| i.reason.clone().unwrap_or_default()).collect::<Vec<_>>().join("; "))]
+    NothingValid(Vec<ItemReport>),
+    /// The write could not be committed.
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
+/// Reads and writes of keys; cheap to clone.
+#[derive(Clone)]
+pub struct Keyserver {
+    raft: RaftNode,
+    store: Store,
+    node_id: u64,
+    counter: Arc<AtomicU64>,
+}
+
+impl Keyserver {
+    /// Wrap a started Raft node and its store.
+    pub fn new(raft: RaftNode, store: Store, node_id: u64) -> Keyserver {
+        Keyserver {
+            raft,
+            store,
+            node_id,
+            counter: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The Raft node, for status and health.
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    fn request_id(&self) -> u128 {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        ((self.node_id as u128) << 96) ^ ((nanos as u128) << 32) ^ n as u128
+    }
+
+    /// Validate, clean and propose a submission; answers once committed and applied here.
+    /// Returns the per-item report and the log index of the write.
+    pub async fn submit(&self, body: Vec<u8>, limits: Limits) -> Result<(Vec<ItemReport>, u64), SubmitError> {
+        let now = SystemTime::now();
+        let (clean, mut report) = tokio::task::spawn_blocking(move || prepare(&body, &limits, now))
+            .await
+            .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))?
+            .map_err(SubmitError::Refused)?;
+        if clean.is_empty() {
+            return Err(SubmitError::NothingValid(report));
+        }
+        let cmd = Command::V1(CommandV1 {
+            request_id: self.request_id(),
+            time: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            op: Op::Submit { certs: clean, limits },
+        });
+        let (resp, index) = self.raft.write(cmd).await?;
+        report.extend(resp.outcomes.into_iter().map(item_report));
+        Ok((report, index))
+    }
+
+    /// Delete certificates by primary fingerprint (admin).
+    pub async fn delete(&self, fingerprints: Vec<String>) -> Result<Vec<ItemReport>, RaftError> {
+        let cmd = Command::V1(CommandV1 {
+            request_id: self.request_id(),
+            time: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            op: Op::Delete { fingerprints },
+        });
+        let (resp, _) = self.raft.write(cmd).await?;
+        Ok(resp.outcomes.into_iter().map(item_report).collect())
+    }
+
+    /// Certificates matching `search`, at most `limit`, from the local replica.
+    pub fn find(&self, search: &Search, limit: usize) -> Result<Vec<KeyView>, RaftError> {
+        let fprs = match search {
+            Search::Fingerprint(f) => self.store.find(IndexKind::Fingerprint, f, limit)?,
+            Search::KeyId64(k) => self.store.find(IndexKind::KeyId64, k, limit)?,
+            Search::KeyId32(k) => self.store.find(IndexKind::KeyId32, k, limit)?,
+            Search::Email(e) => self.store.find(IndexKind::Email, e.as_bytes(), limit)?,
+            Search::Words(words) => return self.find_words(words, limit),
+        };
+        let mut out = Vec::with_capacity(fprs.len());
+        for f in fprs {
+            if let Some(r) = self.store.get_cert(&f)? {
+                out.push(view(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn find_words(&self, words: &[String], limit: usize) -> Result<Vec<KeyView>, RaftError> {
+        let Some(first) = words.first() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for f in self.store.find(IndexKind::Word, first.as_bytes(), 10_000)? {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(r) = self.store.get_cert(&f)? else { continue };
+            let all = words[1..]
+                .iter()
+                .all(|w| r.terms.iter().any(|(k, t)| *k == IndexKind::Word && t == w.as_bytes()));
+            if all {
+                out.push(view(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store figures for `op=stats`.
+    pub fn stats(&self) -> Result<StoreStats, RaftError> {
+        Ok(self.store.stats()?)
+    }
+}
+
+/// Normalise free text into search words (the same rule the index uses).
+pub fn search_words(text: &str) -> Vec<String> {
+    pgp::words(text)
+}
+
+/// Normalise an e-mail address (the same rule the index uses).
+pub fn search_email(text: &str) -> Option<String> {
+    pgp::normalize_email(text)
+}
+
+fn view(r: CertRecord) -> Result<KeyView, RaftError> {
+    let summary = rmp_serde::from_slice(&r.summary).map_err(|e| RaftError::Storage(format!("summary: {e}")))?;
+    Ok(KeyView {
+        cert: r.cert,
+        summary,
+        updated_at: r.updated_at,
+    })
+}
+
+fn item_report(o: ApplyOutcome) -> ItemReport {
+    let (fingerprint, status, reason) = match o {
+        ApplyOutcome::New { fingerprint } => (fingerprint, Status::New, None),
+        ApplyOutcome::Updated { fingerprint } | ApplyOutcome::Deleted { fingerprint } => {
+            (fingerprint, Status::Updated, None)
+        }
+        ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {
+            (fingerprint, Status::Unchanged, None)
+        }
+        ApplyOutcome::Rejected { fingerprint, reason } => (fingerprint, Status::Rejected, Some(reason)),
+        ApplyOutcome::Duplicate => (String::new(), Status::Unchanged, Some("duplicate request".into())),
+    };
+    ItemReport {
+        fingerprint,
+        status,
+        reason,
+    }
+}
+
+/// Parse and clean a submission (CPU-bound; runs on a blocking thread).
+fn prepare(body: &[u8], limits: &Limits, now: SystemTime) -> Result<(Vec<Vec<u8>>, Vec<ItemReport>), PgpError> {
+    let mut clean = Vec::new();
+    let mut report = Vec::new();
+    for item in pgp::parse_submission(body, limits)? {
+        let cert = match item {
+            Parsed::Cert(c) => *c,
+            Parsed::Unreadable(reason) => {
+                report.push(ItemReport {
+                    fingerprint: String::new(),
+                    status: Status::Rejected,
+                    reason: Some(reason),
+                });
+                continue;
+            }
+        };
+        let fingerprint = cert.fingerprint().to_hex();
+        match pgp::clean(cert, limits, now).and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string()))) {
+            Ok(bytes) => clean.push(bytes),
+            Err(e) => report.push(ItemReport {
+                fingerprint,
+                status: Status::Rejected,
+                reason: Some(e.to_string()),
+            }),
+        }
+    }
+    Ok((clean, report))
+}
+
+pub use crate::pgp::SigLine;
+
+/// Signature lines of a stored certificate, for `op=vindex`.
+pub fn vindex_sigs(key: &KeyView) -> Vec<SigLine> {
+    use sequoia_openpgp::parse::Parse;
+    sequoia_openpgp::Cert::from_bytes(&key.cert)
+        .map(|c| pgp::vindex_sigs(&c))
+        .unwrap_or_default()
+}

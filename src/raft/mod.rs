@@ -1,0 +1,48 @@
+//! The raft layer: openraft glue that turns the local [`crate::store`] into a replicated one.
+//!
+//! Responsibilities:
+//! - the openraft type config ([`types`]) and the versioned byte format of everything persisted or
+//!   sent to peers ([`codec`], [`meta`], [`wire`]);
+//! - the raft log ([`log_store`]) and the state machine ([`state_machine`], [`snapshot_builder`],
+//!   [`snapshot_files`]) over the store; apply is deterministic ([`apply`], [`command`]);
+//! - the network adapter ([`network`]) over the [`PeerTransport`] trait that `rpc` implements;
+//! - the facade [`RaftNode`] that `node`, `api` and `rpc` use.
+//!
+//! Depends on `store`, `pgp` (through `apply`) and `config` only; it never imports `rpc` or
+//! `api`. openraft types do not leave this module: the facade speaks [`Command`], [`Response`],
+//! [`RaftError`], [`NodeStatus`] and bytes.
+//!
+//! # Common operations
+//!
+//! ```ignore
+//! let node = RaftNode::start(store, 1, me, RaftSettings::default()).await?;
+//! node.initialize_if_fresh().await?;          // bootstrap node only; no-op on restart
+//! let (response, index) = node.write(cmd).await?; // committed + applied here
+//! node.ensure_linearizable().await?;          // then read node.local_store()
+//! let status = node.status();
+//! node.shutdown().await;
+//! ```
+pub mod apply;
+pub mod codec;
+pub mod command;
+pub mod error;
+pub mod log_store;
+pub mod meta;
+pub mod network;
+pub mod raft_node;
+pub mod settings;
+pub mod snapshot_builder;
+pub mod snapshot_files;
+pub mod state_machine;
+pub mod status;
+pub mod transport;
+pub mod types;
+pub mod wire;
+
+pub use command::{Command, Response};
+pub use error::RaftError;
+pub use raft_node::RaftNode;
+pub use settings::RaftSettings;
+pub use status::NodeStatus;
+pub use transport::{NoPeers, PeerTransport, RaftRpc, TransportError};
+pub use types::{KeyraftNode, NodeId};

@@ -1,0 +1,111 @@
+//! Single-node tests of the facade over a real store: bootstrap once, write, restart, snapshot.
+use std::time::Duration;
+
+use super::*;
+use crate::raft::command::{ApplyOutcome, CommandV1, Op};
+use crate::raft::types::KeyraftNode;
+
+fn me() -> KeyraftNode {
+    KeyraftNode {
+        name: "n1".into(),
+        raft_addr: "127.0.0.1:1".into(),
+        http_addr: "127.0.0.1:2".into(),
+    }
+}
+
+fn delete(request_id: u128, fpr: &str) -> Command {
+    Command::V1(CommandV1 {
+        request_id,
+        time: 1_700_000_000,
+        op: Op::Delete {
+            fingerprints: vec![fpr.to_string()],
+        },
+    })
+}
+
+async fn start(dir: &std::path::Path, settings: RaftSettings) -> RaftNode {
+    let store = Store::open(dir).unwrap();
+    RaftNode::start(store, 1, me(), settings).await.unwrap()
+}
+
+async fn wait_leader(node: &RaftNode) {
+    for _ in 0..200 {
+        if node.has_leader_and_applied() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no leader: {:?}", node.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_bootstraps_once_writes_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fpr = "0123456789ABCDEF0123456789ABCDEF01234567";
+
+    tracing::info!("--- fresh node initialises exactly once");
+    let node = start(dir.path(), RaftSettings::default()).await;
+    assert!(node.initialize_if_fresh().await.unwrap());
+    assert!(!node.initialize_if_fresh().await.unwrap());
+    wait_leader(&node).await;
+    let st = node.status();
+    assert_eq!(st.state, "Leader");
+    assert_eq!(st.voters, vec![1]);
+
+    tracing::info!("--- a write is committed and applied; a retry is deduplicated");
+    let (resp, index) = node.write(delete(7, fpr)).await.unwrap();
+    assert!(matches!(resp.outcomes.as_slice(), [ApplyOutcome::NotFound { .. }]));
+    node.wait_applied(index, Duration::from_secs(5)).await.unwrap();
+    let (again, _) = node.write(delete(7, fpr)).await.unwrap();
+    assert_eq!(again.outcomes, vec![ApplyOutcome::Duplicate]);
+    node.ensure_linearizable().await.unwrap();
+    node.shutdown().await;
+    drop(node);
+
+    tracing::info!("--- restart: no re-initialisation, state is back");
+    let node = start(dir.path(), RaftSettings::default()).await;
+    assert!(!node.initialize_if_fresh().await.unwrap());
+    wait_leader(&node).await;
+    assert!(node.status().applied_index >= Some(index));
+    let (again, _) = node.write(delete(7, fpr)).await.unwrap();
+    assert_eq!(again.outcomes, vec![ApplyOutcome::Duplicate]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_built_purge_logs_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RaftSettings {
+        snapshot_logs_since_last: 5,
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..RaftSettings::default()
+    };
+
+    tracing::info!("--- enough writes to trigger a snapshot");
+    let node = start(dir.path(), settings.clone()).await;
+    node.initialize_if_fresh().await.unwrap();
+    wait_leader(&node).await;
+    let mut last = 0;
+    for i in 0..12u128 {
+        last = node.write(delete(100 + i, "AA")).await.unwrap().1;
+    }
+    node.inner
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some() && m.purged.is_some(), "snapshot and purge")
+        .await
+        .unwrap();
+    node.shutdown().await;
+    drop(node);
+
+    tracing::info!("--- restart from snapshot + remaining log");
+    let node = start(dir.path(), settings).await;
+    wait_leader(&node).await;
+    let st = node.status();
+    assert!(st.snapshot_index.is_some(), "{st:?}");
+    assert!(st.applied_index >= Some(last), "{st:?}");
+    let (again, _) = node.write(delete(100, "AA")).await.unwrap();
+    assert_eq!(again.outcomes, vec![ApplyOutcome::Duplicate]);
+    node.shutdown().await;
+}

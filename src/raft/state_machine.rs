@@ -1,0 +1,163 @@
+//! The replicated state machine: openraft's `RaftStateMachine` over the store.
+//!
+//! Apply is deterministic: each call to [`RaftStateMachine::apply`] turns its whole set of entries
+//! into ONE store batch: the data changes of every normal entry (via
+//! [`crate::raft::apply::apply_command`]), the last membership, and the last applied log id are
+//! committed together, and only then are the responses sent. A crash therefore leaves the state
+//! machine exactly at some committed entry, never between data and its `last_applied`.
+//!
+//! Snapshots live under `<data_dir>/snapshots/` (see [`SnapshotFiles`]); building is done by
+//! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory, then
+//! replaces the store's state atomically with `Store::snapshot_install`, then makes it current.
+//!
+//! Knows the store and openraft; must not depend on the log store, the network or the API.
+use std::fs::File;
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+
+use crate::raft::apply::apply_command;
+use crate::raft::command::Response;
+use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
+use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
+use crate::raft::snapshot_files::SnapshotFiles;
+use crate::raft::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::Store;
+
+/// The state machine of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Store,
+    files: Arc<SnapshotFiles>,
+}
+
+impl StateMachine {
+    /// Open the state machine over `store`, with snapshots in `<data_dir>/snapshots/`.
+    pub fn open(store: Store) -> io::Result<StateMachine> {
+        let files = SnapshotFiles::open(&store.data_dir().join("snapshots"))?;
+        Ok(StateMachine {
+            store,
+            files: Arc::new(files),
+        })
+    }
+
+    /// A fresh temp path in the snapshot directory (for spooling an incoming snapshot).
+    pub fn spool_path(&self) -> std::path::PathBuf {
+        self.files.temp_path("incoming")
+    }
+
+    /// The last applied log id, as recorded in the store.
+    pub fn last_applied(&self) -> io::Result<Option<LogId>> {
+        meta::sm_get::<LastAppliedKey>(&self.store)
+    }
+}
+
+/// Apply `entries` in one batch; returns one response per entry, in order.
+fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
+    let mut batch = store.begin_apply();
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut membership = None;
+    for entry in entries {
+        let response = match &entry.payload {
+            EntryPayload::Blank => Response::default(),
+            EntryPayload::Normal(cmd) => {
+                apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?
+            }
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                Response::default()
+            }
+        };
+        responses.push(response);
+    }
+    if let Some(m) = &membership {
+        meta::sm_set::<MembershipKey>(&mut batch, m)?;
+    }
+    if let Some(last) = entries.last() {
+        meta::sm_set::<LastAppliedKey>(&mut batch, &last.log_id)?;
+    }
+    batch.commit().map_err(io::Error::other)?;
+    Ok(responses)
+}
+
+/// Copy `data` into the snapshot directory, install it into the store, make it current.
+fn install(store: &Store, files: &SnapshotFiles, meta: &SnapshotMeta, mut data: File) -> io::Result<()> {
+    data.seek(SeekFrom::Start(0))?;
+    let tmp = files.temp_path("install");
+    {
+        let mut out = File::create(&tmp)?;
+        io::copy(&mut data, &mut out)?;
+        out.sync_all()?;
+    }
+    store
+        .snapshot_install(&mut BufReader::new(File::open(&tmp)?))
+        .map_err(io::Error::other)?;
+    let applied = meta::sm_get::<LastAppliedKey>(store)?;
+    if applied != meta.last_log_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("installed snapshot says last applied {applied:?}, its metadata says {:?}", meta.last_log_id),
+        ));
+    }
+    files.publish(&tmp, meta, false)?;
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachineSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = meta::sm_get::<LastAppliedKey>(&self.store)?;
+        let membership = meta::sm_get::<MembershipKey>(&self.store)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let responses = tokio::task::spawn_blocking(move || apply_batch(&store, &batch))
+            .await
+            .map_err(io::Error::other)??;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachineSnapshotBuilder::new(self.store.clone(), self.files.clone())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let data = snapshot.into_std().await;
+        let (store, files, meta) = (self.store.clone(), self.files.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install(&store, &files, &meta, data))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(move || files.current()).await.map_err(io::Error::other)??;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: tokio::fs::File::from_std(file),
+        }))
+    }
+}

@@ -1,0 +1,226 @@
+//! [`ApplyBatch`]: one RocksDB `WriteBatch` for a run of applied Raft entries.
+//!
+//! Data, index entries, request ids and the last-applied id go into the same batch and are
+//! committed together, so the state machine is never half-applied. Reads through the batch see
+//! its own pending writes (two commands for one certificate in one batch merge correctly).
+use std::collections::BTreeMap;
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use super::db::{CF_CERTS, CF_DEDUP, CF_SM_META};
+use super::record::{CertRecord, IndexKind};
+use super::{Store, StoreError};
+
+/// How many log entries a request id is remembered for duplicate detection.
+pub const DEDUP_WINDOW: u64 = 1_000_000;
+const COUNT_KEY: &str = "cert_count";
+
+/// Pending state-machine writes; see the module docs.
+pub struct ApplyBatch {
+    store: Store,
+    batch: WriteBatch,
+    certs: BTreeMap<Vec<u8>, Option<CertRecord>>,
+    meta: BTreeMap<String, Vec<u8>>,
+    requests: BTreeMap<u128, u64>,
+    count_delta: i64,
+}
+
+impl Store {
+    /// Start a state-machine batch.
+    pub fn begin_apply(&self) -> ApplyBatch {
+        ApplyBatch {
+            store: self.clone(),
+            batch: WriteBatch::default(),
+            certs: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            count_delta: 0,
+        }
+    }
+}
+
+impl ApplyBatch {
+    /// The stored record for a primary fingerprint, including this batch's pending writes.
+    pub fn get_cert(&self, fingerprint: &[u8]) -> Result<Option<CertRecord>, StoreError> {
+        if let Some(pending) = self.certs.get(fingerprint) {
+            return Ok(pending.clone());
+        }
+        self.store.get_cert(fingerprint)
+    }
+
+    /// Store `record`, replacing whatever was stored under its fingerprint, and update indexes.
+    pub fn put_cert(&mut self, record: CertRecord) -> Result<(), StoreError> {
+        let old = self.get_cert(&record.fingerprint)?;
+        let old_terms = old.as_ref().map(|r| r.terms.as_slice()).unwrap_or(&[]);
+        self.reindex(&record.fingerprint, old_terms, &record.terms);
+        if old.is_none() {
+            self.count_delta += 1;
+        }
+        let cf = self.store.cf(CF_CERTS);
+        self.batch.put_cf(cf, &record.fingerprint, record.encode());
+        self.certs.insert(record.fingerprint.clone(), Some(record));
+        Ok(())
+    }
+
+    /// Remove a certificate and its index entries. Returns whether it existed.
+    pub fn delete_cert(&mut self, fingerprint: &[u8]) -> Result<bool, StoreError> {
+        let Some(old) = self.get_cert(fingerprint)? else {
+            return Ok(false);
+        };
+        self.reindex(fingerprint, &old.terms, &[]);
+        self.count_delta -= 1;
+        self.batch.delete_cf(self.store.cf(CF_CERTS), fingerprint);
+        self.certs.insert(fingerprint.to_vec(), None);
+        Ok(true)
+    }
+
+    fn reindex(&mut self, fpr: &[u8], old: &[(IndexKind, Vec<u8>)], new: &[(IndexKind, Vec<u8>)]) {
+        for t in old.iter().filter(|t| !new.contains(t)) {
+            let key = [t.0.prefix(&t.1), fpr.to_vec()].concat();
+            self.batch.delete_cf(self.store.cf(t.0.cf()), key);
+        }
+        for t in new.iter().filter(|t| !old.contains(t)) {
+            let key = [t.0.prefix(&t.1), fpr.to_vec()].concat();
+            self.batch.put_cf(self.store.cf(t.0.cf()), key, []);
+        }
+    }
+
+    /// Whether `request_id` was applied before (within [`DEDUP_WINDOW`] entries).
+    pub fn seen_request(&self, request_id: u128) -> Result<bool, StoreError> {
+        if self.requests.contains_key(&request_id) {
+            return Ok(true);
+        }
+        let key = dedup_id_key(request_id);
+        Ok(self.store.db.get_cf(self.store.cf(CF_DEDUP), key)?.is_some())
+    }
+
+    /// Remember `request_id` as applied at `index`, forgetting ids older than the window.
+    pub fn record_request(&mut self, request_id: u128, index: u64) -> Result<(), StoreError> {
+        let cf = self.store.cf(CF_DEDUP);
+        self.batch.put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
+        self.batch.put_cf(cf, dedup_age_key(index, request_id), []);
+        self.requests.insert(request_id, index);
+        if index > DEDUP_WINDOW {
+            self.forget_requests_before(index - DEDUP_WINDOW)?;
+        }
+        Ok(())
+    }
+
+    /// Deterministic pruning: reads only committed state, at most 64 ids per call.
+    fn forget_requests_before(&mut self, index: u64) -> Result<(), StoreError> {
+        let cf = self.store.cf(CF_DEDUP);
+        let start = dedup_age_key(0, 0);
+        let mut doomed = Vec::new();
+        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)).take(64) {
+            let (k, _) = item?;
+            if k.first() != Some(&b'I') || k.len() != 25 {
+                break;
+            }
+            let at = u64::from_be_bytes(k[1..9].try_into().expect("length checked"));
+            if at >= index {
+                break;
+            }
+            doomed.push((k.to_vec(), u128::from_be_bytes(k[9..25].try_into().expect("length checked"))));
+        }
+        for (k, id) in doomed {
+            self.batch.delete_cf(cf, k);
+            self.batch.delete_cf(cf, dedup_id_key(id));
+        }
+        Ok(())
+    }
+
+    /// Set a state-machine metadata value (last applied id, membership...).
+    pub fn set_sm_meta(&mut self, key: &str, value: Vec<u8>) {
+        self.meta.insert(key.to_string(), value);
+    }
+
+    /// Write everything in one `WriteBatch`.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        if self.count_delta != 0 {
+            let now = self.store.cert_count()? as i64 + self.count_delta;
+            self.meta.insert(COUNT_KEY.into(), (now.max(0) as u64).to_be_bytes().to_vec());
+        }
+        let cf = self.store.cf(CF_SM_META);
+        for (k, v) in &self.meta {
+            self.batch.put_cf(cf, k, v);
+        }
+        self.store.db.write_opt(self.batch, &WriteOptions::default())?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Number of stored certificates (maintained by apply).
+    pub fn cert_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .sm_meta_get(COUNT_KEY)?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+}
+
+fn dedup_id_key(id: u128) -> Vec<u8> {
+    [&b"R"[..], &id.to_be_bytes()].concat()
+}
+
+fn dedup_age_key(index: u64, id: u128) -> Vec<u8> {
+    [&b"I"[..], &index.to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(fpr: u8, terms: Vec<(IndexKind, Vec<u8>)>) -> CertRecord {
+        CertRecord {
+            fingerprint: vec![fpr; 20],
+            cert: vec![fpr],
+            summary: vec![],
+            terms,
+            created_at: 1,
+            updated_at: 1,
+            updated_index: 1,
+        }
+    }
+
+    #[test]
+    fn batch_sees_its_own_writes_and_maintains_indexes_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.begin_apply();
+        b.put_cert(rec(1, vec![(IndexKind::Email, b"a@x.example".to_vec())])).unwrap();
+        assert!(b.get_cert(&[1; 20]).unwrap().is_some());
+        assert!(s.get_cert(&[1; 20]).unwrap().is_none(), "nothing visible before commit");
+        b.put_cert(rec(2, vec![(IndexKind::Email, b"a@x.example".to_vec())])).unwrap();
+        b.commit().unwrap();
+        assert_eq!(s.cert_count().unwrap(), 2);
+        assert_eq!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap().len(), 2);
+
+        // Replacing the terms removes the stale index entry.
+        let mut b = s.begin_apply();
+        b.put_cert(rec(1, vec![(IndexKind::Email, b"b@x.example".to_vec())])).unwrap();
+        b.commit().unwrap();
+        assert_eq!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap(), vec![vec![2; 20]]);
+        assert_eq!(s.cert_count().unwrap(), 2);
+
+        let mut b = s.begin_apply();
+        assert!(b.delete_cert(&[2; 20]).unwrap());
+        assert!(!b.delete_cert(&[2; 20]).unwrap(), "second delete in one batch finds nothing");
+        b.commit().unwrap();
+        assert!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap().is_empty());
+        assert_eq!(s.cert_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn request_ids_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.begin_apply();
+        assert!(!b.seen_request(42).unwrap());
+        b.record_request(42, 5).unwrap();
+        assert!(b.seen_request(42).unwrap());
+        b.commit().unwrap();
+        assert!(s.begin_apply().seen_request(42).unwrap());
+    }
+}

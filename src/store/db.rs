@@ -1,0 +1,224 @@
+//! Opening RocksDB and the Raft log / metadata operations.
+//!
+//! Log appends, truncations, purges and Raft metadata are written with `sync = true`: they are
+//! on disk before the call returns, which is what the Raft layer tells openraft. State-machine
+//! batches are written without their own fsync: they are reproducible from the log, and every
+//! later synced write (the next append, a purge) makes them durable too, because RocksDB's WAL
+//! is shared by all column families and synced in order.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use super::StoreError;
+
+pub(crate) const CF_CERTS: &str = "certs";
+pub(crate) const CF_DEDUP: &str = "dedup";
+pub(crate) const CF_RAFT_LOG: &str = "raft_log";
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+pub(crate) const CF_SM_META: &str = "sm_meta";
+
+/// Column families holding state-machine data (replaced wholesale by a snapshot install).
+pub(crate) const SM_CFS: [&str; 8] = [
+    CF_CERTS,
+    "idx_fpr",
+    "idx_keyid64",
+    "idx_keyid32",
+    "idx_email",
+    "idx_word",
+    CF_DEDUP,
+    CF_SM_META,
+];
+
+/// Handle to the node's RocksDB database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the database under `dir/db`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(5);
+        let mut cfs: Vec<ColumnFamilyDescriptor> = SM_CFS
+            .iter()
+            .map(|name| {
+                let mut o = Options::default();
+                o.set_compression_type(DBCompressionType::Lz4);
+                o.set_bottommost_compression_type(DBCompressionType::Zstd);
+                ColumnFamilyDescriptor::new(*name, o)
+            })
+            .collect();
+        for name in [CF_RAFT_LOG, CF_RAFT_META] {
+            cfs.push(ColumnFamilyDescriptor::new(name, Options::default()));
+        }
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        Ok(Store {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Open an existing database read-only (for `keyraft export` next to a running node).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let mut names: Vec<&str> = SM_CFS.to_vec();
+        names.extend([CF_RAFT_LOG, CF_RAFT_META]);
+        let db = DB::open_cf_for_read_only(&Options::default(), dir.join("db"), names, false)?;
+        Ok(Store {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The node's data directory (the database lives in `db/` under it).
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    pub(crate) fn synced() -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+    /// Append log entries in one fsynced batch.
+    pub fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        let cf = self.cf(CF_RAFT_LOG);
+        let mut b = WriteBatch::default();
+        for (i, v) in entries {
+            b.put_cf(cf, i.to_be_bytes(), v);
+        }
+        self.db.write_opt(b, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Entries in `[start, end)`, in index order.
+    pub fn log_range(&self, start: u64, end: Option<u64>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let cf = self.cf(CF_RAFT_LOG);
+        let from = start.to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item?;
+            let i = log_key(&k)?;
+            if end.is_some_and(|e| i >= e) {
+                break;
+            }
+            out.push((i, v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The first entry still in the log.
+    pub fn log_first(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.log_edge(IteratorMode::Start)
+    }
+
+    /// The last entry in the log.
+    pub fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.log_edge(IteratorMode::End)
+    }
+
+    fn log_edge(&self, mode: IteratorMode) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.db.iterator_cf(self.cf(CF_RAFT_LOG), mode).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((log_key(&k)?, v.into_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Delete entries `[index, ∞)` (conflicting uncommitted entries), fsynced.
+    pub fn log_truncate_from(&self, index: u64) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(self.cf(CF_RAFT_LOG), index.to_be_bytes(), u64::MAX.to_be_bytes());
+        b.delete_cf(self.cf(CF_RAFT_LOG), u64::MAX.to_be_bytes());
+        self.db.write_opt(b, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Delete entries `[0, index]` (covered by a snapshot), fsynced.
+    pub fn log_purge_through(&self, index: u64) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(self.cf(CF_RAFT_LOG), 0u64.to_be_bytes(), index.saturating_add(1).to_be_bytes());
+        self.db.write_opt(b, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Read a Raft metadata value.
+    pub fn raft_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_RAFT_META), key)?)
+    }
+
+    /// Write a Raft metadata value, fsynced.
+    pub fn raft_meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(self.cf(CF_RAFT_META), key, value, &Self::synced())?;
+        Ok(())
+    }
+
+    /// Read a state-machine metadata value.
+    pub fn sm_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_SM_META), key)?)
+    }
+}
+
+fn log_key(k: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = k.try_into().map_err(|_| StoreError::Corrupt {
+        cf: CF_RAFT_LOG,
+        reason: format!("log key of {} bytes", k.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_append_range_truncate_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.log_last().unwrap(), None);
+        s.log_append((1..=10).map(|i| (i, vec![i as u8])).collect()).unwrap();
+        assert_eq!(s.log_first().unwrap().unwrap().0, 1);
+        assert_eq!(s.log_last().unwrap().unwrap().0, 10);
+        let r: Vec<u64> = s.log_range(3, Some(6)).unwrap().into_iter().map(|x| x.0).collect();
+        assert_eq!(r, vec![3, 4, 5]);
+        s.log_truncate_from(8).unwrap();
+        assert_eq!(s.log_last().unwrap().unwrap().0, 7);
+        s.log_purge_through(4).unwrap();
+        assert_eq!(s.log_first().unwrap().unwrap().0, 5);
+        // Survives reopening.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        let r: Vec<u64> = s.log_range(0, None).unwrap().into_iter().map(|x| x.0).collect();
+        assert_eq!(r, vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn raft_meta_round_trips_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.raft_meta_put("vote", b"v1").unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.raft_meta_get("vote").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(s.raft_meta_get("none").unwrap(), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Certificate records as stored in the `certs` column family, and index terms.
+//!
+//! Every value starts with a format version byte. Version 1 is MessagePack of [`CertRecord`].
+//! Old versions stay decodable forever (frozen `v1` decoding below); new fields mean a new
+//! version byte and a migration in [`CertRecord::decode`].
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Which index a term belongs to. The discriminant is part of the on-disk format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum IndexKind {
+    /// A primary or subkey fingerprint (v4: 20 bytes, v6: 32 bytes).
+    Fingerprint = 1,
+    /// A 64-bit key id of the primary key or a subkey.
+    KeyId64 = 2,
+    /// A 32-bit (short) key id of the primary key or a subkey.
+    KeyId32 = 3,
+    /// A normalised e-mail address from a user id.
+    Email = 4,
+    /// A normalised word from a user id, for text search.
+    Word = 5,
+}
+
+impl IndexKind {
+    /// All kinds, in a fixed order.
+    pub const ALL: [IndexKind; 5] = [
+        IndexKind::Fingerprint,
+        IndexKind::KeyId64,
+        IndexKind::KeyId32,
+        IndexKind::Email,
+        IndexKind::Word,
+    ];
+
+    pub(crate) fn cf(self) -> &'static str {
+        match self {
+            IndexKind::Fingerprint => "idx_fpr",
+            IndexKind::KeyId64 => "idx_keyid64",
+            IndexKind::KeyId32 => "idx_keyid32",
+            IndexKind::Email => "idx_email",
+            IndexKind::Word => "idx_word",
+        }
+    }
+
+    /// Text terms have variable length and are terminated by 0x00 in index keys.
+    fn is_text(self) -> bool {
+        matches!(self, IndexKind::Email | IndexKind::Word)
+    }
+
+    /// The key prefix under which all certificates carrying `term` are found.
+    pub(crate) fn prefix(self, term: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(term.len() + 1);
+        k.extend_from_slice(term);
+        if self.is_text() {
+            k.push(0);
+        }
+        k
+    }
+}
+
+/// One index term of a certificate.
+pub type IndexTerm = (IndexKind, Vec<u8>);
+
+/// A stored certificate: canonical bytes plus what reads need without re-parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Primary key fingerprint (binary).
+    #[serde(with = "serde_bytes")]
+    pub fingerprint: Vec<u8>,
+    /// The merged, canonical certificate in binary OpenPGP.
+    #[serde(with = "serde_bytes")]
+    pub cert: Vec<u8>,
+    /// Listing data for `op=index` (encoded by the layer above; opaque here).
+    #[serde(with = "serde_bytes")]
+    pub summary: Vec<u8>,
+    /// Index terms, sorted and deduplicated, so an update can remove stale entries.
+    pub terms: Vec<IndexTerm>,
+    /// Proposer time (Unix seconds) of the first write.
+    pub created_at: u64,
+    /// Proposer time (Unix seconds) of the last change.
+    pub updated_at: u64,
+    /// Raft log index of the last change.
+    pub updated_index: u64,
+}
+
+const V1: u8 = 1;
+
+impl CertRecord {
+    /// Encode with the current format version.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![V1];
+        out.extend(rmp_serde::to_vec_named(self).expect("records always serialize"));
+        out
+    }
+
+    /// Decode any known format version.
+    pub fn decode(bytes: &[u8]) -> Result<CertRecord, StoreError> {
+        match bytes.first() {
+            Some(&V1) => rmp_serde::from_slice(&bytes[1..]).map_err(|e| StoreError::Corrupt {
+                cf: "certs",
+                reason: e.to_string(),
+            }),
+            Some(&v) => Err(StoreError::UnknownVersion { cf: "certs", version: v }),
+            None => Err(StoreError::Corrupt {
+                cf: "certs",
+                reason: "empty value".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CertRecord {
+        CertRecord {
+            fingerprint: vec![0xAB; 20],
+            cert: vec![1, 2, 3],
+            summary: vec![9],
+            terms: vec![(IndexKind::Email, b"a@b.example".to_vec())],
+            created_at: 1_700_000_000,
+            updated_at: 1_700_000_001,
+            updated_index: 7,
+        }
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let r = sample();
+        assert_eq!(CertRecord::decode(&r.encode()).unwrap(), r);
+    }
+
+    /// A frozen v1 sample: if this fails, the on-disk format changed without a version bump.
+    #[test]
+    fn frozen_v1_sample_decodes() {
+        let frozen = sample().encode();
+        assert_eq!(frozen[0], 1);
+        let hex = hex::encode(&frozen);
+        assert_eq!(
+            hex,
+            "0187ab66696e6765727072696e74c414abababababababababababababababababababab\
+             a463657274c403010203a773756d6d617279c40109a57465726d739192a5456d61696cc40b\
+             6140622e6578616d706c65aa637265617465645f6174ce6553f100aa757064617465645f61\
+             74ce6553f101ad757064617465645f696e64657807"
+        );
+    }
+
+    #[test]
+    fn unknown_version_is_an_error() {
+        assert!(matches!(
+            CertRecord::decode(&[9, 1, 2]),
+            Err(StoreError::UnknownVersion { version: 9, .. })
+        ));
+    }
+}
