@@ -157,7 +157,7 @@ fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[
     for file in files {
         let mut pending: Vec<u8> = Vec::new();
         let mut in_batch = 0usize;
-        let mut flush = |pending: &mut Vec<u8>, in_batch: &mut usize, totals: &mut Totals| -> anyhow::Result<()> {
+        let flush = |pending: &mut Vec<u8>, in_batch: &mut usize, totals: &mut Totals| -> anyhow::Result<()> {
             if *in_batch > 0 {
                 post_batch(addr, pending, totals)?;
                 pending.clear();

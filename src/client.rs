@@ -1,7 +1,7 @@
 //! A minimal blocking HTTP/1.1 client for `keyraft import` and the tests: one request per
 //! connection, `Content-Length` bodies only (which is what keyraft sends), bounded by timeouts.
 //! It sends the request target exactly as given, so tests can send raw `<`, `>` and `#`.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 

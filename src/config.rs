@@ -65,8 +65,6 @@ pub struct HkpConfig {
     pub result_limit: usize,
     /// Largest accepted `/pks/add` body in bytes (413 above).
     pub max_body_bytes: usize,
-    /// Seconds a lookup may take before it is answered 503.
-    pub request_timeout_secs: u64,
     /// Seconds a write may wait for commit and apply before it is answered 503.
     pub write_timeout_secs: u64,
     /// Seconds a client has to send its request head; also the keep-alive idle time.
@@ -86,7 +84,6 @@ impl Default for HkpConfig {
             tls_key: None,
             result_limit: 100,
             max_body_bytes: 8 << 20,
-            request_timeout_secs: 10,
             write_timeout_secs: 30,
             client_timeout_secs: 10,
             workers: 0,

@@ -69,7 +69,6 @@ impl Node {
             settings: std::sync::Arc::new(ApiSettings {
                 result_limit: config.hkp.result_limit,
                 max_body_bytes: config.hkp.max_body_bytes,
-                request_timeout: Duration::from_secs(config.hkp.request_timeout_secs),
                 write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
                 limits: config.limits.to_limits()?,
             }),

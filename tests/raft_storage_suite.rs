@@ -13,7 +13,11 @@ use tempfile::TempDir;
 struct RocksBuilder;
 
 fn sto_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError<TypeConfig> {
-    StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, std::io::Error::other(e))
+    StorageError::from_io_error(
+        ErrorSubject::Store,
+        ErrorVerb::Write,
+        std::io::Error::other(e),
+    )
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {

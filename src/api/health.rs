@@ -20,6 +20,6 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
 }
 
 /// Anything else.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such path".into())
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such path".into()))
 }

@@ -31,8 +31,6 @@ pub struct ApiSettings {
     pub result_limit: usize,
     /// Largest accepted `/pks/add` body.
     pub max_body_bytes: usize,
-    /// Bound on a lookup.
-    pub request_timeout: Duration,
     /// Bound on a write (commit and apply).
     pub write_timeout: Duration,
     /// Limits and flooding defence for submissions.
@@ -44,7 +42,6 @@ impl Default for ApiSettings {
         ApiSettings {
             result_limit: 100,
             max_body_bytes: 8 << 20,
-            request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             limits: Limits::default(),
         }
@@ -56,6 +53,10 @@ impl Default for ApiSettings {
 pub struct AppState {
     pub keys: Keyserver,
     pub settings: Arc<ApiSettings>,
+}
+
+async fn method_not_allowed() -> Result<actix_web::HttpResponse, error::ApiError> {
+    Err(error::ApiError::MethodNotAllowed)
 }
 
 /// The one app factory (production and tests).
@@ -76,12 +77,12 @@ pub fn app(
             web::resource("/pks/lookup")
                 .route(web::get().to(lookup::lookup))
                 .route(web::head().to(lookup::lookup))
-                .default_service(web::to(|| async { error::ApiError::MethodNotAllowed })),
+                .default_service(web::to(method_not_allowed)),
         )
         .service(
             web::resource("/pks/add")
                 .route(web::post().to(add::add))
-                .default_service(web::to(|| async { error::ApiError::MethodNotAllowed })),
+                .default_service(web::to(method_not_allowed)),
         )
         .route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))

@@ -23,14 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::{h1::H1Service, HttpService, KeepAlive};
+use actix_http::{error::DispatchError, h1::H1Service, HttpService, KeepAlive};
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt as _};
 use actix_tls::accept::{
     rustls_0_23::{Acceptor, TlsStream},
     TlsError,
 };
 use actix_web::dev::{AppConfig, Server};
-use actix_web::ResponseError as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -100,7 +99,7 @@ pub async fn start(
         fn_service(|io: TcpStream| {
             let peer = io.peer_addr().ok();
             let _ = io.set_nodelay(true);
-            std::future::ready(Ok((RawTargetIo::new(io), peer)))
+            std::future::ready(Ok::<_, DispatchError>((RawTargetIo::new(io), peer)))
         })
         .and_then(h1_service(st.clone(), &cfg, addr, false))
     })?;
@@ -141,7 +140,7 @@ fn h1_service<T>(
     (T, Option<SocketAddr>),
     Config = (),
     Response = (),
-    Error = actix_http::error::DispatchError,
+    Error = DispatchError,
     InitError = (),
 >
 where

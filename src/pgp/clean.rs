@@ -2,7 +2,8 @@
 //!
 //! 1. Drop packets that are not part of a public certificate (unknown packets, trust
 //!    packets, markers) and optional packets over the packet cap.
-//! 2. Verify every self-signature against its component; drop those that do not verify.
+//! 2. Verify every self-signature against its component; drop those that do not verify,
+//!    and drop user ids, attributes and subkeys left without a valid self-signature.
 //! 3. Apply the flooding defence ([`shed`]): third-party certifications by policy, then the
 //!    certificate size cap, shedding the oldest third-party certifications first. Never a
 //!    self-signature or a revocation.
@@ -66,7 +67,13 @@ pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpE
             _ => {}
         }
     }
-    let cert = Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?;
+    let cert = Cert::from_packets(kept.into_iter())
+        .map_err(|e| PgpError::Invalid(one_line(&e)))?
+        // A component whose every self-signature failed is unbound: drop it, so nobody can
+        // make a key findable under a user id its owner never signed.
+        .retain_userids(|ua| ua.self_signatures().next().is_some())
+        .retain_user_attributes(|ua| ua.self_signatures().next().is_some())
+        .retain_subkeys(|ka| ka.self_signatures().next().is_some());
     let cert = shed(cert, limits)?;
     check_valid(&cert, time)?;
     Ok(cert)

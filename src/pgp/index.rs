@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sequoia_openpgp::cert::amalgamation::{ValidAmalgamation, ValidateAmalgamation};
 use sequoia_openpgp::types::RevocationStatus;
 use sequoia_openpgp::Cert;
 use serde::{Deserialize, Serialize};
@@ -113,7 +114,7 @@ pub fn summarize(cert: &Cert, time: SystemTime) -> Summary {
     s.revoked = matches!(vc.revocation_status(), RevocationStatus::Revoked(_));
     for ua in cert.userids() {
         let valid = ua.clone().with_policy(&*POLICY, time).ok();
-        let binding = valid.as_ref().and_then(|v| v.binding_signature().ok().cloned());
+        let binding = valid.as_ref().and_then(|v| Some(v.binding_signature().clone()));
         s.uids.push(UidSummary {
             uid: ua.userid().value().to_vec(),
             created: binding.as_ref().and_then(|b| b.signature_creation_time()).map(secs),

@@ -76,3 +76,6 @@ pub enum PgpError {
     #[error("invalid certificate: {0}")]
     Invalid(String),
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,9 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> io::Result<Vec<u8>> {
 /// Decode bytes produced by [`encode`]; an unknown version byte is an `InvalidData` error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => rmp_serde::from_slice(body).map_err(|e| invalid(format!("decode: {e}"))),
+        Some((&FORMAT_V1, body)) => {
+            rmp_serde::from_slice(body).map_err(|e| invalid(format!("decode: {e}")))
+        }
         Some((v, _)) => Err(invalid(format!("unknown format version {v}"))),
         None => Err(invalid("empty value".to_string())),
     }

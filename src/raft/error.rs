@@ -48,6 +48,22 @@ pub enum RaftError {
     Fatal(String),
 }
 
+impl RaftError {
+    /// True when the cluster cannot serve the request right now but may soon (no leader, no
+    /// quorum, timeout, shutting down): HTTP 503 with `Retry-After`. False for local failures.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RaftError::NotLeader { .. }
+                | RaftError::LeaderChanged { .. }
+                | RaftError::NoQuorum(_)
+                | RaftError::Timeout(_)
+                | RaftError::NotInitialized
+                | RaftError::ShuttingDown
+        )
+    }
+}
+
 impl From<Fatal<TypeConfig>> for RaftError {
     fn from(e: Fatal<TypeConfig>) -> Self {
         match e {
@@ -69,8 +85,12 @@ impl From<openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
         match e {
             openraft::errors::RaftError::Fatal(f) => f.into(),
             openraft::errors::RaftError::APIError(api) => match api {
-                ClientWriteError::ForwardToLeader(f) => RaftError::NotLeader { leader: f.leader_id },
-                ClientWriteError::LogEntryDiscarded(f) => RaftError::LeaderChanged { leader: f.leader_id },
+                ClientWriteError::ForwardToLeader(f) => RaftError::NotLeader {
+                    leader: f.leader_id,
+                },
+                ClientWriteError::LogEntryDiscarded(f) => RaftError::LeaderChanged {
+                    leader: f.leader_id,
+                },
                 ClientWriteError::ChangeMembershipError(m) => RaftError::Membership(m.to_string()),
                 other => RaftError::Fatal(other.to_string()),
             },
@@ -78,12 +98,16 @@ impl From<openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>>
     }
 }
 
-impl From<openraft::errors::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> for RaftError {
+impl From<openraft::errors::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>>
+    for RaftError
+{
     fn from(e: openraft::errors::RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
         match e {
             openraft::errors::RaftError::Fatal(f) => f.into(),
             openraft::errors::RaftError::APIError(api) => match api {
-                LinearizableReadError::ForwardToLeader(f) => RaftError::NotLeader { leader: f.leader_id },
+                LinearizableReadError::ForwardToLeader(f) => RaftError::NotLeader {
+                    leader: f.leader_id,
+                },
                 LinearizableReadError::QuorumNotEnough(q) => RaftError::NoQuorum(q.to_string()),
             },
         }

@@ -256,3 +256,9 @@ pub fn vindex_sigs(key: &KeyView) -> Vec<SigLine> {
         .map(|c| pgp::vindex_sigs(&c))
         .unwrap_or_default()
 }
+
+impl From<crate::store::StoreError> for RaftError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RaftError::Storage(e.to_string())
+    }
+}

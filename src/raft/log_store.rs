@@ -39,12 +39,15 @@ impl LogStore {
         F: FnOnce(&Store) -> io::Result<T> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(io::Error::other)?
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
         let last = self.store.log_last().map_err(io::Error::other)?;
-        last.map(|(_, bytes)| codec::decode::<Entry>(&bytes).map(|e| e.log_id)).transpose()
+        last.map(|(_, bytes)| codec::decode::<Entry>(&bytes).map(|e| e.log_id))
+            .transpose()
     }
 }
 
@@ -73,7 +76,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         let rows = self.store.log_range(start, end).map_err(io::Error::other)?;
-        rows.iter().map(|(_, bytes)| codec::decode::<Entry>(bytes)).collect()
+        rows.iter()
+            .map(|(_, bytes)| codec::decode::<Entry>(bytes))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -104,27 +109,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let vote = vote.clone();
-        self.blocking(move |s| meta::raft_put::<VoteKey>(s, &vote)).await
+        self.blocking(move |s| meta::raft_put::<VoteKey>(s, &vote))
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.blocking(move |s| meta::raft_put::<CommittedKey>(s, &committed)).await
+        self.blocking(move |s| meta::raft_put::<CommittedKey>(s, &committed))
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(meta::raft_get::<CommittedKey>(&self.store)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows: io::Result<Vec<(u64, Vec<u8>)>> =
-            entries.into_iter().map(|e| Ok((e.log_id.index, codec::encode(&e)?))).collect();
+        let rows: io::Result<Vec<(u64, Vec<u8>)>> = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, codec::encode(&e)?)))
+            .collect();
         let result = match rows {
             Ok(rows) if rows.is_empty() => Ok(()),
-            Ok(rows) => self.blocking(move |s| s.log_append(rows).map_err(io::Error::other)).await,
+            Ok(rows) => {
+                self.blocking(move |s| s.log_append(rows).map_err(io::Error::other))
+                    .await
+            }
             Err(e) => Err(e),
         };
         // The store fsyncs the batch before `log_append` returns: only now is the append durable.
@@ -142,7 +158,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.blocking(move |s| s.log_truncate_from(from).map_err(io::Error::other)).await
+        self.blocking(move |s| s.log_truncate_from(from).map_err(io::Error::other))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

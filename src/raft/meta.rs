@@ -64,7 +64,9 @@ pub fn raft_get<K: MetaKey>(store: &Store) -> io::Result<Option<K::Value>> {
 /// Write a raft-meta value durably (the store fsyncs before returning).
 pub fn raft_put<K: MetaKey>(store: &Store, value: &K::Value) -> io::Result<()> {
     let bytes = codec::encode(value)?;
-    store.raft_meta_put(K::KEY, &bytes).map_err(io::Error::other)
+    store
+        .raft_meta_put(K::KEY, &bytes)
+        .map_err(io::Error::other)
 }
 
 /// Read a state-machine-meta value.
@@ -80,6 +82,8 @@ pub fn sm_set<K: MetaKey>(batch: &mut ApplyBatch, value: &K::Value) -> io::Resul
 }
 
 /// Decode a state-machine-meta value from a map returned by `Store::snapshot_write`.
-pub fn sm_from_map<K: MetaKey>(map: &std::collections::BTreeMap<String, Vec<u8>>) -> io::Result<Option<K::Value>> {
+pub fn sm_from_map<K: MetaKey>(
+    map: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> io::Result<Option<K::Value>> {
     map.get(K::KEY).map(|b| codec::decode(b)).transpose()
 }

@@ -26,6 +26,7 @@ pub mod apply;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod keys;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -41,6 +42,10 @@ pub mod wire;
 
 pub use command::{Command, Response};
 pub use error::RaftError;
+pub use keys::{
+    search_email, search_words, vindex_sigs, ItemReport, KeyView, Keyserver, Search, SigLine, Status, SubmitError, Summary,
+    UidSummary,
+};
 pub use raft_node::RaftNode;
 pub use settings::RaftSettings;
 pub use status::NodeStatus;

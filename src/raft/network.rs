@@ -11,11 +11,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RPCTypes};
 use serde::de::DeserializeOwned;
@@ -63,7 +65,12 @@ pub struct PeerClient<T: PeerTransport> {
 }
 
 impl<T: PeerTransport> PeerClient<T> {
-    fn map_err(&self, e: TransportError, action: RPCTypes, timeout: Duration) -> RPCError<TypeConfig> {
+    fn map_err(
+        &self,
+        e: TransportError,
+        action: RPCTypes,
+        timeout: Duration,
+    ) -> RPCError<TypeConfig> {
         match e {
             TransportError::Timeout(_) => RPCError::Timeout(Timeout {
                 action,
@@ -95,11 +102,18 @@ impl<T: PeerTransport> PeerClient<T> {
 }
 
 /// Decode a peer's [`Reply`]; a malformed reply or a failure on the peer is an `Unreachable`.
-fn decode_reply<Resp: DeserializeOwned>(target: NodeId, reply: &[u8]) -> Result<Resp, Unreachable<TypeConfig>> {
+fn decode_reply<Resp: DeserializeOwned>(
+    target: NodeId,
+    reply: &[u8],
+) -> Result<Resp, Unreachable<TypeConfig>> {
     match codec::decode::<Reply<Resp>>(reply) {
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(msg)) => Err(Unreachable::from_string(format!("peer {target} failed: {msg}"))),
-        Err(e) => Err(Unreachable::from_string(format!("bad reply from peer {target}: {e}"))),
+        Ok(Err(msg)) => Err(Unreachable::from_string(format!(
+            "peer {target} failed: {msg}"
+        ))),
+        Err(e) => Err(Unreachable::from_string(format!(
+            "bad reply from peer {target}: {e}"
+        ))),
     }
 }
 
@@ -111,11 +125,17 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        self.request(RaftRpc::Append, RPCTypes::AppendEntries, &rpc, &option).await
+        self.request(RaftRpc::Append, RPCTypes::AppendEntries, &rpc, &option)
+            .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> RpcResult<VoteResponse<TypeConfig>> {
-        self.request(RaftRpc::Vote, RPCTypes::Vote, &rpc, &option).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.request(RaftRpc::Vote, RPCTypes::Vote, &rpc, &option)
+            .await
     }
 
     async fn pre_vote(
@@ -123,7 +143,8 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        self.request(RaftRpc::PreVote, RPCTypes::Vote, &rpc, &option).await
+        self.request(RaftRpc::PreVote, RPCTypes::Vote, &rpc, &option)
+            .await
     }
 
     async fn transfer_leader(
@@ -131,7 +152,13 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
-        self.request(RaftRpc::TransferLeader, RPCTypes::TransferLeader, &req, &option).await
+        self.request(
+            RaftRpc::TransferLeader,
+            RPCTypes::TransferLeader,
+            &req,
+            &option,
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -145,9 +172,16 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
             vote,
             meta: snapshot.meta,
         };
-        let header = codec::encode(&header).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header =
+            codec::encode(&header).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let timeout = option.soft_ttl();
-        let send = self.transport.send_snapshot(self.target, &self.node, header, snapshot.snapshot, timeout);
+        let send = self.transport.send_snapshot(
+            self.target,
+            &self.node,
+            header,
+            snapshot.snapshot,
+            timeout,
+        );
         let reply = tokio::select! {
             reply = send => reply.map_err(|e| self.map_err(e, RPCTypes::InstallSnapshot, timeout))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),

@@ -55,7 +55,12 @@ fn storage(e: impl std::fmt::Display) -> RaftError {
 
 impl RaftNode {
     /// Start a node with no peers (a single-node cluster).
-    pub async fn start(store: Store, node_id: NodeId, me: KeyraftNode, cfg: RaftSettings) -> Result<RaftNode, RaftError> {
+    pub async fn start(
+        store: Store,
+        node_id: NodeId,
+        me: KeyraftNode,
+        cfg: RaftSettings,
+    ) -> Result<RaftNode, RaftError> {
         RaftNode::start_with_transport(store, node_id, me, cfg, NoPeers).await
     }
 
@@ -70,7 +75,14 @@ impl RaftNode {
         let config = cfg.to_openraft()?;
         let state_machine = StateMachine::open(store.clone()).map_err(storage)?;
         let network = NetworkFactory::new(node_id, Arc::new(transport));
-        let raft = OpenRaft::new(node_id, config, network, LogStore::new(store.clone()), state_machine.clone()).await?;
+        let raft = OpenRaft::new(
+            node_id,
+            config,
+            network,
+            LogStore::new(store.clone()),
+            state_machine.clone(),
+        )
+        .await?;
         tracing::info!(node_id, name = %me.name, "raft node started");
         Ok(RaftNode {
             inner: Arc::new(Inner {
@@ -106,9 +118,13 @@ impl RaftNode {
     fn is_fresh(&self) -> Result<bool, RaftError> {
         let s = &self.inner.store;
         Ok(s.log_last().map_err(storage)?.is_none()
-            && meta::raft_get::<LastPurgedKey>(s).map_err(storage)?.is_none()
+            && meta::raft_get::<LastPurgedKey>(s)
+                .map_err(storage)?
+                .is_none()
             && meta::raft_get::<VoteKey>(s).map_err(storage)?.is_none()
-            && meta::sm_get::<LastAppliedKey>(s).map_err(storage)?.is_none())
+            && meta::sm_get::<LastAppliedKey>(s)
+                .map_err(storage)?
+                .is_none())
     }
 
     /// Make this node the single member of a new cluster, if and only if it has never held any
@@ -122,11 +138,16 @@ impl RaftNode {
         let members = BTreeMap::from([(self.inner.id, self.inner.me.clone())]);
         match self.inner.raft.initialize(members).await {
             Ok(()) => {
-                tracing::info!(node_id = self.inner.id, "initialised a new single-member cluster");
+                tracing::info!(
+                    node_id = self.inner.id,
+                    "initialised a new single-member cluster"
+                );
                 Ok(true)
             }
             Err(openraft::errors::RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
-            Err(openraft::errors::RaftError::APIError(e)) => Err(RaftError::Membership(e.to_string())),
+            Err(openraft::errors::RaftError::APIError(e)) => {
+                Err(RaftError::Membership(e.to_string()))
+            }
             Err(openraft::errors::RaftError::Fatal(f)) => Err(f.into()),
         }
     }
@@ -135,9 +156,17 @@ impl RaftNode {
     /// and log index. On [`RaftError::Timeout`] or [`RaftError::LeaderChanged`] the outcome is
     /// unknown: retry with the same request id.
     pub async fn write(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
-        let resp = tokio::time::timeout(self.inner.request_timeout, self.inner.raft.client_write(cmd))
-            .await
-            .map_err(|_| RaftError::Timeout(format!("write not applied within {:?}", self.inner.request_timeout)))??;
+        let resp = tokio::time::timeout(
+            self.inner.request_timeout,
+            self.inner.raft.client_write(cmd),
+        )
+        .await
+        .map_err(|_| {
+            RaftError::Timeout(format!(
+                "write not applied within {:?}",
+                self.inner.request_timeout
+            ))
+        })??;
         Ok((resp.data, resp.log_id.index))
     }
 
@@ -147,7 +176,12 @@ impl RaftNode {
         let fut = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         tokio::time::timeout(self.inner.request_timeout, fut)
             .await
-            .map_err(|_| RaftError::Timeout(format!("read index not applied within {:?}", self.inner.request_timeout)))??;
+            .map_err(|_| {
+                RaftError::Timeout(format!(
+                    "read index not applied within {:?}",
+                    self.inner.request_timeout
+                ))
+            })??;
         Ok(())
     }
 
@@ -198,10 +232,19 @@ impl RaftNode {
 
     /// Install a snapshot streamed by the leader: `header` as sent, `data` a readable file with
     /// all the bytes that followed it (its position does not matter). Returns the reply bytes.
-    pub async fn handle_snapshot(&self, header: &[u8], data: SnapshotData) -> Result<Vec<u8>, RaftError> {
+    pub async fn handle_snapshot(
+        &self,
+        header: &[u8],
+        data: SnapshotData,
+    ) -> Result<Vec<u8>, RaftError> {
         let SnapshotHeader { vote, meta } = decode(header)?;
-        let snapshot = Snapshot { meta, snapshot: data };
-        encode(&reply(self.inner.raft.install_full_snapshot(vote, snapshot).await))
+        let snapshot = Snapshot {
+            meta,
+            snapshot: data,
+        };
+        encode(&reply(
+            self.inner.raft.install_full_snapshot(vote, snapshot).await,
+        ))
     }
 
     /// A fresh path in this node's snapshot directory where a transport may spool an incoming

@@ -54,8 +54,13 @@ async fn single_node_bootstraps_once_writes_and_survives_restart() {
 
     tracing::info!("--- a write is committed and applied; a retry is deduplicated");
     let (resp, index) = node.write(delete(7, fpr)).await.unwrap();
-    assert!(matches!(resp.outcomes.as_slice(), [ApplyOutcome::NotFound { .. }]));
-    node.wait_applied(index, Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(
+        resp.outcomes.as_slice(),
+        [ApplyOutcome::NotFound { .. }]
+    ));
+    node.wait_applied(index, Duration::from_secs(5))
+        .await
+        .unwrap();
     let (again, _) = node.write(delete(7, fpr)).await.unwrap();
     assert_eq!(again.outcomes, vec![ApplyOutcome::Duplicate]);
     node.ensure_linearizable().await.unwrap();
@@ -93,7 +98,10 @@ async fn snapshots_are_built_purge_logs_and_survive_restart() {
     node.inner
         .raft
         .wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.snapshot.is_some() && m.purged.is_some(), "snapshot and purge")
+        .metrics(
+            |m| m.snapshot.is_some() && m.purged.is_some(),
+            "snapshot and purge",
+        )
         .await
         .unwrap();
     node.shutdown().await;

@@ -55,7 +55,9 @@ impl RaftSettings {
             purge_batch_size: self.purge_batch_size,
             ..Config::default()
         };
-        let config = config.validate().map_err(|e| RaftError::InvalidSettings(e.to_string()))?;
+        let config = config
+            .validate()
+            .map_err(|e| RaftError::InvalidSettings(e.to_string()))?;
         Ok(Arc::new(config))
     }
 }
@@ -78,6 +80,9 @@ mod tests {
             election_max_ms: 300,
             ..RaftSettings::default()
         };
-        assert!(matches!(s.to_openraft(), Err(RaftError::InvalidSettings(_))));
+        assert!(matches!(
+            s.to_openraft(),
+            Err(RaftError::InvalidSettings(_))
+        ));
     }
 }

@@ -92,7 +92,12 @@ impl SnapshotFiles {
     /// Make the fsynced file at `tmp` the current snapshot with `meta`, unless `only_if_newer` and
     /// the current snapshot already covers a later log id (then `tmp` is discarded). Returns a
     /// handle on the data, at offset 0, either way.
-    pub fn publish(&self, tmp: &Path, meta: &SnapshotMeta, only_if_newer: bool) -> io::Result<File> {
+    pub fn publish(
+        &self,
+        tmp: &Path,
+        meta: &SnapshotMeta,
+        only_if_newer: bool,
+    ) -> io::Result<File> {
         let mut guard = self.current.lock().map_err(|_| poisoned())?;
         let handle = File::open(tmp)?;
         if only_if_newer {

@@ -24,7 +24,9 @@ use crate::raft::command::Response;
 use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
 use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
 use crate::raft::snapshot_files::SnapshotFiles;
-use crate::raft::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::raft::types::{
+    Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 use crate::store::Store;
 
 /// The state machine of one node. Cheap to clone.
@@ -84,7 +86,12 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
 }
 
 /// Copy `data` into the snapshot directory, install it into the store, make it current.
-fn install(store: &Store, files: &SnapshotFiles, meta: &SnapshotMeta, mut data: File) -> io::Result<()> {
+fn install(
+    store: &Store,
+    files: &SnapshotFiles,
+    meta: &SnapshotMeta,
+    mut data: File,
+) -> io::Result<()> {
     data.seek(SeekFrom::Start(0))?;
     let tmp = files.temp_path("install");
     {
@@ -99,7 +106,10 @@ fn install(store: &Store, files: &SnapshotFiles, meta: &SnapshotMeta, mut data: 
     if applied != meta.last_log_id {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("installed snapshot says last applied {applied:?}, its metadata says {:?}", meta.last_log_id),
+            format!(
+                "installed snapshot says last applied {applied:?}, its metadata says {:?}",
+                meta.last_log_id
+            ),
         ));
     }
     files.publish(&tmp, meta, false)?;
@@ -117,7 +127,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         let mut batch = Vec::new();
         let mut responders = Vec::new();
         while let Some(item) = entries.next().await {
@@ -144,7 +156,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachineSnapshotBuilder::new(self.store.clone(), self.files.clone())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let data = snapshot.into_std().await;
         let (store, files, meta) = (self.store.clone(), self.files.clone(), meta.clone());
         tokio::task::spawn_blocking(move || install(&store, &files, &meta, data))
@@ -154,7 +170,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let files = self.files.clone();
-        let current = tokio::task::spawn_blocking(move || files.current()).await.map_err(io::Error::other)??;
+        let current = tokio::task::spawn_blocking(move || files.current())
+            .await
+            .map_err(io::Error::other)??;
         Ok(current.map(|(meta, file)| Snapshot {
             meta,
             snapshot: tokio::fs::File::from_std(file),

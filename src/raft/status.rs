@@ -60,6 +60,9 @@ impl NodeStatus {
             .as_ref()
             .or(m.local_committed.as_ref())
             .map(|l| l.index);
-        m.running_state.is_ok() && m.current_leader.is_some() && applied.is_some() && applied >= committed
+        m.running_state.is_ok()
+            && m.current_leader.is_some()
+            && applied.is_some()
+            && applied >= committed
     }
 }

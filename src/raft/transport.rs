@@ -82,7 +82,10 @@ impl PeerTransport for NoPeers {
         _body: Vec<u8>,
         _timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
-        Err(TransportError::Unreachable(target, "no peer transport configured".into()))
+        Err(TransportError::Unreachable(
+            target,
+            "no peer transport configured".into(),
+        ))
     }
 
     async fn send_snapshot(
@@ -93,6 +96,9 @@ impl PeerTransport for NoPeers {
         _data: SnapshotData,
         _timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
-        Err(TransportError::Unreachable(target, "no peer transport configured".into()))
+        Err(TransportError::Unreachable(
+            target,
+            "no peer transport configured".into(),
+        ))
     }
 }

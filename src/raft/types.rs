@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::command::{Command, Op};
 use crate::raft::command::Response;
+use crate::raft::command::{Command, Op};
 
 openraft::declare_raft_types!(
     /// keyraft's openraft type configuration.
@@ -67,9 +67,19 @@ impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::V1(c) => match &c.op {
-                Op::Submit { certs, .. } => write!(f, "v1 submit {} cert(s) req={:x}", certs.len(), c.request_id),
+                Op::Submit { certs, .. } => write!(
+                    f,
+                    "v1 submit {} cert(s) req={:x}",
+                    certs.len(),
+                    c.request_id
+                ),
                 Op::Delete { fingerprints } => {
-                    write!(f, "v1 delete {} fpr(s) req={:x}", fingerprints.len(), c.request_id)
+                    write!(
+                        f,
+                        "v1 delete {} fpr(s) req={:x}",
+                        fingerprints.len(),
+                        c.request_id
+                    )
                 }
             },
         }

@@ -1,0 +1,284 @@
+//! Tests of the pure OpenPGP layer on generated keys and on Debian's real keyring.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proptest::prelude::*;
+use sequoia_openpgp::cert::prelude::*;
+use sequoia_openpgp::packet::signature::SignatureBuilder;
+use sequoia_openpgp::packet::UserID;
+use sequoia_openpgp::parse::Parse;
+use sequoia_openpgp::serialize::SerializeInto;
+use sequoia_openpgp::types::SignatureType;
+use sequoia_openpgp::{Cert, Packet};
+
+use super::*;
+
+/// A fixed "now" so results do not depend on when the tests run.
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+}
+
+fn gen(uid: &str) -> Cert {
+    CertBuilder::general_purpose(Some(uid))
+        .set_creation_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .generate()
+        .unwrap()
+        .0
+}
+
+fn public(c: &Cert) -> Vec<u8> {
+    c.to_vec().unwrap()
+}
+
+/// `n` third-party certifications of `target`'s first user id, one second apart.
+fn flood(target: &Cert, n: usize) -> Cert {
+    let signer = gen("Flooder <flood@example.org>");
+    let mut keypair = signer.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+    let uid = target.userids().next().unwrap().userid().clone();
+    let pk = target.primary_key().key();
+    let mut sigs: Vec<Packet> = Vec::new();
+    for i in 0..n {
+        let sig = SignatureBuilder::new(SignatureType::GenericCertification)
+            .set_signature_creation_time(UNIX_EPOCH + Duration::from_secs(1_700_000_100 + i as u64))
+            .unwrap()
+            .sign_userid_binding(&mut keypair, pk, &uid)
+            .unwrap();
+        sigs.push(sig.into());
+    }
+    let (c, _) = target.clone().insert_packets(sigs).unwrap();
+    Cert::from_bytes(&public(&c)).unwrap()
+}
+
+fn third_party_count(c: &Cert) -> usize {
+    c.userids().map(|u| u.certifications().count()).sum()
+}
+
+#[test]
+fn secret_keys_are_refused_armored_and_binary() {
+    let c = gen("Alice <alice@example.org>");
+    let armored = c.as_tsk().armored().to_vec().unwrap();
+    assert_eq!(parse_submission(&armored, &Limits::default()).unwrap_err(), PgpError::SecretKeyMaterial);
+    let binary = c.as_tsk().to_vec().unwrap();
+    assert_eq!(parse_submission(&binary, &Limits::default()).unwrap_err(), PgpError::SecretKeyMaterial);
+    // A public cert followed by a secret one: the whole submission is refused.
+    let mut both = gen("Bob <bob@example.org>").armored().to_vec().unwrap();
+    both.extend(armored);
+    assert_eq!(parse_submission(&both, &Limits::default()).unwrap_err(), PgpError::SecretKeyMaterial);
+}
+
+#[test]
+fn several_armored_blocks_and_binary_keyrings_split_into_certs() {
+    let (a, b) = (gen("A <a@example.org>"), gen("B <b@example.org>"));
+    let mut text = a.armored().to_vec().unwrap();
+    text.extend(b"\nsome text between\n");
+    text.extend(b.armored().to_vec().unwrap());
+    assert_eq!(parse_submission(&text, &Limits::default()).unwrap().len(), 2);
+    let mut bin = public(&a);
+    bin.extend(public(&b));
+    assert_eq!(parse_submission(&bin, &Limits::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn truncated_armor_is_reported() {
+    let text = gen("A <a@example.org>").armored().to_vec().unwrap();
+    let cut = &text[..text.len() / 2];
+    assert!(parse_submission(cut, &Limits::default()).is_err());
+}
+
+#[test]
+fn a_user_id_with_a_forged_binding_is_dropped_and_not_indexed() {
+    let c = gen("Alice <alice@example.org>");
+    // Re-bind the signature of "Alice" to a user id she never signed.
+    let good = c.userids().next().unwrap().self_signatures().next().unwrap().clone();
+    let mut packets: Vec<Packet> = c.clone().into_packets().collect();
+    packets.push(UserID::from("Mallory <mallory@example.org>").into());
+    packets.push(good.into());
+    let forged = Cert::from_packets(packets.into_iter()).unwrap();
+    assert_eq!(forged.userids().count(), 2);
+    let cleaned = clean(forged, &Limits::default(), t0()).unwrap();
+    assert_eq!(cleaned.userids().count(), 1);
+    let terms = index_terms(&cleaned);
+    assert!(terms.emails.contains("alice@example.org"));
+    assert!(!terms.emails.contains("mallory@example.org"));
+}
+
+#[test]
+fn a_cert_without_any_valid_self_signature_is_rejected() {
+    let c = gen("Alice <alice@example.org>");
+    let packets: Vec<Packet> = c
+        .into_packets()
+        .filter(|p| !matches!(p, Packet::Signature(_)))
+        .collect();
+    let bare = Cert::from_packets(packets.into_iter()).unwrap();
+    assert_eq!(clean(bare, &Limits::default(), t0()).unwrap_err(), PgpError::NoValidSelfSignature);
+}
+
+#[test]
+fn flooding_defence_caps_drops_and_sheds_by_size() {
+    let target = gen("Target <target@example.org>");
+    let flooded = flood(&target, 3000);
+    assert_eq!(third_party_count(&flooded), 3000);
+
+    let cap = Limits {
+        third_party: ThirdPartyPolicy::Cap(100),
+        ..Limits::default()
+    };
+    let c = clean(flooded.clone(), &cap, t0()).unwrap();
+    assert_eq!(third_party_count(&c), 100);
+    // The newest are kept.
+    let oldest_kept = c.userids().flat_map(|u| u.certifications()).filter_map(|s| s.signature_creation_time()).min().unwrap();
+    assert_eq!(oldest_kept, UNIX_EPOCH + Duration::from_secs(1_700_000_100 + 2900));
+
+    let drop = Limits {
+        third_party: ThirdPartyPolicy::Drop,
+        ..Limits::default()
+    };
+    assert_eq!(third_party_count(&clean(flooded.clone(), &drop, t0()).unwrap()), 0);
+
+    // Keep everything, but the size cap sheds the oldest certifications first.
+    let small = Limits {
+        third_party: ThirdPartyPolicy::Keep,
+        max_cert_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let c = clean(flooded, &small, t0()).unwrap();
+    let size = public(&c).len();
+    assert!(size <= 64 << 10, "{size}");
+    assert!(third_party_count(&c) > 100);
+    assert_eq!(c.userids().next().unwrap().self_signatures().count(), 1, "self-signature kept");
+
+    // Too big even without certifications: refused.
+    let tiny = Limits {
+        max_cert_bytes: 100,
+        ..Limits::default()
+    };
+    assert!(matches!(clean(target, &tiny, t0()), Err(PgpError::TooLarge { .. })));
+}
+
+#[test]
+fn merge_is_union_and_keeps_revocations() {
+    let c = gen("Alice <alice@example.org>");
+    let rev = c.clone().insert_packets(
+        // A self-revocation of the certificate.
+        std::iter::once(Packet::from({
+            let mut kp = c.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+            CertRevocationBuilder::new()
+                .set_reason_for_revocation(sequoia_openpgp::types::ReasonForRevocation::KeyCompromised, b"test")
+                .unwrap()
+                .build(&mut kp, &c, None)
+                .unwrap()
+        })),
+    );
+    let revoked = rev.unwrap().0;
+    let base = public(&c);
+    let with_rev = public(&revoked);
+    let l = Limits::default();
+    let MergeOutcome::Updated(m) = merge(Some(&base), &with_rev, &l).unwrap() else {
+        panic!("revocation must update")
+    };
+    // Merging the old version back never drops the revocation.
+    assert_eq!(merge(Some(&m), &base, &l).unwrap(), MergeOutcome::Unchanged);
+    let s = summarize(&Cert::from_bytes(&m).unwrap(), t0());
+    assert!(s.revoked);
+}
+
+/// Real certificates from Debian's keyring, split into parts for the merge properties.
+fn debian_certs(max: usize) -> Vec<Cert> {
+    let bytes = std::fs::read("/usr/share/keyrings/debian-keyring.gpg")
+        .expect("debian-keyring is installed by scripts/deps.sh");
+    sequoia_openpgp::cert::CertParser::from_bytes(&bytes)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|c| c.userids().count() >= 2 && c.keys().subkeys().count() >= 1)
+        .take(max)
+        .collect()
+}
+
+/// A partial view of `cert`: the primary key with its signatures plus the components
+/// selected by `mask`, each with a selection of its signatures.
+fn part(cert: &Cert, mask: u64, sig_mask: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut component = 0u32;
+    let mut sig_no = 0u32;
+    let mut keep = true;
+    for p in cert.clone().into_packets() {
+        match &p {
+            Packet::PublicKey(_) => keep = true,
+            Packet::UserID(_) | Packet::UserAttribute(_) | Packet::PublicSubkey(_) => {
+                component += 1;
+                keep = mask & (1 << (component % 64)) != 0;
+            }
+            Packet::Signature(s) if keep && component > 0 && s.get_issuers().iter().all(|h| !h.aliases(cert.key_handle())) => {
+                sig_no += 1;
+                if sig_mask & (1 << (sig_no % 64)) == 0 {
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if keep {
+            out.push(p);
+        }
+    }
+    Cert::from_packets(out.into_iter()).unwrap().to_vec().unwrap()
+}
+
+fn merged(a: &[u8], b: &[u8]) -> Vec<u8> {
+    match merge(Some(a), b, &Limits { third_party: ThirdPartyPolicy::Keep, ..Limits::default() }).unwrap() {
+        MergeOutcome::Unchanged => a.to_vec(),
+        MergeOutcome::Updated(m) | MergeOutcome::New(m) => m,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merge_is_idempotent_commutative_and_associative(
+        which in 0usize..8, m1: u64, m2: u64, m3: u64, s1: u64, s2: u64, s3: u64,
+    ) {
+        static CERTS: std::sync::OnceLock<Vec<Cert>> = std::sync::OnceLock::new();
+        let certs = CERTS.get_or_init(|| debian_certs(8));
+        let cert = &certs[which % certs.len()];
+        let (a, b, c) = (part(cert, m1, s1), part(cert, m2, s2), part(cert, m3, s3));
+        prop_assert_eq!(merged(&a, &a), a.clone());
+        prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+    }
+}
+
+/// Every certificate of Debian's keyrings ingests, or is rejected with a stated reason.
+#[test]
+fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
+    let mut accepted = 0usize;
+    let mut rejected = std::collections::BTreeMap::<String, usize>::new();
+    for file in ["debian-keyring.gpg", "debian-maintainers.gpg", "debian-nonupload.gpg"] {
+        let bytes = std::fs::read(format!("/usr/share/keyrings/{file}")).expect("debian-keyring installed");
+        for item in parse_submission(&bytes, &Limits::default()).unwrap() {
+            match item {
+                Parsed::Cert(c) => {
+                    let fpr = c.fingerprint().as_bytes().to_vec();
+                    match clean(*c, &Limits::default(), t0()) {
+                        Ok(clean) => {
+                            let t = index_terms(&clean);
+                            assert!(t.fingerprints.contains(&fpr));
+                            assert!(t.keyids64.contains(&fpr[12..].to_vec()));
+                            assert!(t.keyids32.contains(&fpr[16..].to_vec()));
+                            let s = summarize(&clean, t0());
+                            assert!(!s.uids.is_empty() || clean.userids().count() == 0);
+                            accepted += 1;
+                        }
+                        Err(e) => *rejected.entry(e.to_string()).or_default() += 1,
+                    }
+                }
+                Parsed::Unreadable(r) => {
+                    assert!(!r.is_empty());
+                    *rejected.entry(r).or_default() += 1
+                }
+            }
+        }
+    }
+    eprintln!("accepted {accepted}, rejected {rejected:?}");
+    assert!(rejected.keys().all(|r| !r.is_empty()));
+    let total = accepted + rejected.values().sum::<usize>();
+    assert!(accepted * 100 >= total * 95, "accepted {accepted} of {total}: {rejected:?}");
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The second command: install what is missing, then run every test (unit, storage suite,
+# HTTP in process and over sockets, real gpg/sq against the built binary, durability under
+# kill -9, bad input), plus formatting and clippy. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/env.sh
+scripts/deps.sh
+cargo fmt --all -- --check
+cargo build --locked --bins --tests
+cargo test --locked --no-fail-fast -- --test-threads 2
+cargo clippy --locked --all-targets -- -D warnings

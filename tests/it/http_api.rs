@@ -1,0 +1,291 @@
+//! HKP over HTTP, in process through the same app factory production uses (`api::app`), over
+//! a real RocksDB and a real one-member Raft; plus the raw-character searches through the real
+//! server and a real socket.
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::test as at;
+use keyraft::api::{self, ApiSettings, AppState, ServerSettings};
+use keyraft::raft::{Keyserver, KeyraftNode, RaftNode, RaftSettings};
+use keyraft::store::Store;
+use sequoia_openpgp as openpgp;
+use openpgp::cert::prelude::*;
+use openpgp::parse::Parse;
+use openpgp::serialize::SerializeInto;
+
+/// A node in process: store, Raft, Keyserver.
+pub struct InProcess {
+    pub _dir: tempfile::TempDir,
+    pub state: AppState,
+}
+
+pub async fn in_process(max_body_bytes: usize) -> InProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let raft = RaftNode::start(store.clone(), 1, KeyraftNode::default(), RaftSettings::default())
+        .await
+        .unwrap();
+    assert!(raft.initialize_if_fresh().await.unwrap());
+    for _ in 0..200 {
+        if raft.has_leader_and_applied() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(raft.has_leader_and_applied(), "one-member cluster elects itself");
+    let keys = Keyserver::new(raft, store, 1);
+    let settings = ApiSettings {
+        max_body_bytes,
+        ..ApiSettings::default()
+    };
+    InProcess {
+        _dir: dir,
+        state: AppState {
+            keys,
+            settings: Arc::new(settings),
+        },
+    }
+}
+
+pub fn gen(uid: &str) -> openpgp::Cert {
+    CertBuilder::general_purpose(Some(uid)).generate().unwrap().0
+}
+
+/// gpg's form encoding: every byte that is not alphanumeric is %-escaped.
+pub fn gpg_form(armored: &[u8]) -> String {
+    let mut s = String::from("keytext=");
+    for &b in armored {
+        if b.is_ascii_alphanumeric() {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+macro_rules! call {
+    ($app:expr, $req:expr) => {{
+        let resp = at::call_service(&$app, $req.to_request()).await;
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = at::read_body(resp).await.to_vec();
+        (status, ct, body)
+    }};
+}
+
+fn form_post(body: String) -> at::TestRequest {
+    at::TestRequest::post()
+        .uri("/pks/add")
+        .insert_header(("content-type", "application/x-www-form-urlencoded"))
+        .set_payload(body)
+}
+
+#[actix_web::test]
+async fn every_lookup_op_answers_with_its_status_and_content_type() {
+    let n = in_process(1 << 20).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let cert = gen("Jane Doe <jane+test@example.org>");
+    let fpr = cert.fingerprint().to_hex();
+    let armored = cert.armored().to_vec().unwrap();
+
+    eprintln!("--- submit as gpg does");
+    let (s, ct, body) = call!(app, form_post(gpg_form(&armored)));
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(ct.starts_with("text/plain"));
+    assert_eq!(String::from_utf8_lossy(&body), format!("new {fpr}\n"));
+
+    eprintln!("--- again, sq style (raw '='), JSON answer: unchanged");
+    let sq_body = format!("keytext={}", String::from_utf8_lossy(&armored).replace('\n', "%0A").replace('+', "%2B"));
+    let (s, ct, body) = call!(app, form_post(sq_body).uri("/pks/add?options=mr"));
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["keys"][0]["status"], "unchanged");
+    assert_eq!(v["keys"][0]["fingerprint"], fpr);
+
+    eprintln!("--- op=get by fingerprint, long id, short id, subkey fingerprint");
+    let sub = cert.keys().subkeys().next().unwrap().key().fingerprint().to_hex();
+    let keyid = cert.keyid().to_hex();
+    for search in [fpr.clone(), keyid.clone(), keyid[8..].to_string(), sub] {
+        let (s, ct, body) = call!(app, at::TestRequest::get().uri(&format!("/pks/lookup?op=get&options=mr&search=0x{search}")));
+        assert_eq!(s, 200, "search 0x{search}");
+        assert_eq!(ct, "application/pgp-keys");
+        let got = openpgp::Cert::from_bytes(&body).unwrap();
+        assert_eq!(got.fingerprint(), cert.fingerprint());
+        assert!(!got.is_tsk());
+    }
+
+    eprintln!("--- op=index machine-readable, exact");
+    let created = cert.primary_key().key().creation_time().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=index&options=mr&search=jane+test@example.org"));
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "info:1:1");
+    let p = openpgp::policy::StandardPolicy::new();
+    let expires = cert
+        .with_policy(&p, None)
+        .unwrap()
+        .primary_key()
+        .key_expiration_time()
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string())
+        .unwrap_or_default();
+    let algo = u8::from(cert.primary_key().key().pk_algo());
+    assert_eq!(lines[1], format!("pub:{fpr}:{algo}:256:{created}:{expires}:"));
+    assert!(lines[2].starts_with("uid:Jane Doe <jane+test@example.org>:"), "{}", lines[2]);
+    assert_eq!(lines.len(), 3);
+
+    eprintln!("--- op=index by words, HTML; vindex HTML lists signatures; stats HTML and JSON");
+    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=index&search=jane%20doe"));
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&body).contains(&fpr));
+    let (s, ct, body) = call!(app, at::TestRequest::get().uri(&format!("/pks/lookup?op=vindex&search=0x{fpr}")));
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&body).contains("sig  13"), "positive self-certification listed");
+    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr"));
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["certificates"], 1);
+    let (s, ct, _) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=stats"));
+    assert_eq!((s, ct.starts_with("text/html")), (200, true));
+
+    eprintln!("--- health and readiness");
+    let (s, _, _) = call!(app, at::TestRequest::get().uri("/health"));
+    assert_eq!(s, 200);
+    let (s, _, _) = call!(app, at::TestRequest::get().uri("/ready"));
+    assert_eq!(s, 200);
+}
+
+/// Statuses for everything a client can get wrong; the stored certificate never changes.
+#[actix_web::test]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let n = in_process(256 << 10).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let cert = gen("Alice <alice@example.org>");
+    let fpr = cert.fingerprint().to_hex();
+    let (s, _, _) = call!(app, form_post(gpg_form(&cert.armored().to_vec().unwrap())));
+    assert_eq!(s, 200);
+    let get = format!("/pks/lookup?op=get&search=0x{fpr}");
+    let (_, _, before) = call!(app, at::TestRequest::get().uri(&get));
+
+    let secret = cert.as_tsk().armored().to_vec().unwrap();
+    let armored = cert.armored().to_vec().unwrap();
+    let truncated = armored[..armored.len() / 2].to_vec();
+    let bomb = compression_bomb();
+    let mut other = gen("Other <other@example.org>").armored().to_vec().unwrap();
+    other.truncate(other.len() - 40);
+    let cases: Vec<(&str, at::TestRequest, u16)> = vec![
+        ("secret key", form_post(gpg_form(&secret)), 422),
+        ("garbage", form_post("keytext=hello%20world".into()), 422),
+        ("truncated armor", form_post(gpg_form(&truncated)), 422),
+        ("compression bomb", form_post(gpg_form(&bomb)), 422),
+        ("missing keytext", form_post("text=abc".into()), 400),
+        ("invalid UTF-8 form", form_post(String::from_utf8_lossy(b"keytext=\xff").into_owned()).set_payload(&b"keytext=\xff\xfe"[..]), 400),
+        ("oversize body", form_post("keytext=".to_string() + &"A".repeat(300 << 10)), 413),
+        ("GET /pks/add", at::TestRequest::get().uri("/pks/add"), 405),
+        ("unknown path", at::TestRequest::get().uri("/nope"), 404),
+        ("unknown op", at::TestRequest::get().uri("/pks/lookup?op=frob&search=x"), 501),
+        ("missing op", at::TestRequest::get().uri("/pks/lookup?search=x"), 400),
+        ("missing search", at::TestRequest::get().uri("/pks/lookup?op=get"), 400),
+        ("bad key id", at::TestRequest::get().uri("/pks/lookup?op=get&search=0x12345"), 400),
+        ("invalid UTF-8 search", at::TestRequest::get().uri("/pks/lookup?op=index&search=%FF%FE"), 400),
+        ("very long search", at::TestRequest::get().uri(&format!("/pks/lookup?op=index&search={}", "a".repeat(5000))), 400),
+        ("nothing matches", at::TestRequest::get().uri("/pks/lookup?op=get&search=nobody@example.org"), 404),
+        ("unknown fingerprint", at::TestRequest::get().uri(&format!("/pks/lookup?op=get&search=0x{}", "0".repeat(40))), 404),
+    ];
+    for (name, req, want) in cases {
+        let (s, ct, body) = call!(app, req);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(s, want, "{name}: {text}");
+        assert!(ct.starts_with("text/plain"), "{name}: content type {ct}");
+        assert_eq!(text.lines().count(), 1, "{name}: one-line reason, got {text:?}");
+        assert!(text.len() > 3, "{name}: a reason is given");
+    }
+    let (s, _, after) = call!(app, at::TestRequest::get().uri(&get));
+    assert_eq!(s, 200);
+    assert_eq!(before, after, "stored certificate unchanged");
+    let (_, _, stats) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr"));
+    let v: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(v["certificates"], 1, "nothing else was stored");
+}
+
+/// A compressed-data packet that would expand to 64 MiB of zeros.
+fn compression_bomb() -> Vec<u8> {
+    use openpgp::serialize::stream::{Armorer, Compressor, LiteralWriter, Message};
+    use std::io::Write;
+    let mut out = Vec::new();
+    let m = Message::new(&mut out);
+    let m = Armorer::new(m).kind(openpgp::armor::Kind::PublicKey).build().unwrap();
+    let m = Compressor::new(m).algo(openpgp::types::CompressionAlgorithm::Zip).build().unwrap();
+    let mut w = LiteralWriter::new(m).build().unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        w.write_all(&zeros).unwrap();
+    }
+    w.finalize().unwrap();
+    out
+}
+
+/// gpg sends `< > + @ #` raw; they must work through the real HTTP stack, not only a handler.
+#[actix_web::test]
+async fn raw_characters_gpg_sends_work_through_a_real_socket() {
+    let n = in_process(1 << 20).await;
+    let cert = gen("Jane Roe <jane+x@example.org>");
+    let fpr = cert.fingerprint().to_hex();
+    let settings = ServerSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: None,
+        tls_cert: None,
+        tls_key: None,
+        workers: 1,
+        request_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(5),
+        max_connections: 100,
+    };
+    let (server, addrs) = api::server::start(n.state.clone(), settings).await.unwrap();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    let addr = addrs[0];
+    let body = gpg_form(&cert.armored().to_vec().unwrap());
+    let resp = tokio::task::spawn_blocking(move || {
+        keyraft::client::request(
+            addr,
+            "POST",
+            "/pks/add",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for target in [
+        "/pks/lookup?op=index&options=mr&fingerprint=on&search=Jane%20Roe%20<jane+x@example.org>".to_string(),
+        "/pks/lookup?op=index&options=mr&search=<jane+x@example.org>".to_string(),
+        "/pks/lookup?op=get&options=mr&search=jane+x@example.org&exact=on".to_string(),
+        "/pks/lookup?op=index&options=mr&search=jane#roe".to_string(),
+        format!("/pks/lookup?op=get&search=0x{fpr}"),
+    ] {
+        let t = target.clone();
+        let resp = tokio::task::spawn_blocking(move || keyraft::client::request(addr, "GET", &t, &[], b"", Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status, 200, "{target}: {}", resp.text());
+        if target.contains("op=index") {
+            assert!(resp.text().contains(&fpr), "{target}: {}", resp.text());
+        }
+    }
+    handle.stop(false).await;
+}
