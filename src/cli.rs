@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use sequoia_openpgp::cert::CertParser;
-use sequoia_openpgp::parse::{PacketParserBuilder, Parse};
-use sequoia_openpgp::serialize::MarshalInto;
+use std::sync::Mutex;
+
+use sequoia_openpgp::armor::{Reader, ReaderMode};
 
 use crate::config::Config;
+use crate::pgp::{armor_blocks, CertSplitter};
 
 /// keyraft: a Raft-replicated OpenPGP keyserver speaking HKP.
 #[derive(Debug, Parser)]
@@ -131,7 +132,13 @@ struct Totals {
     reasons: std::collections::BTreeMap<String, u64>,
 }
 
-fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[PathBuf]) -> anyhow::Result<()> {
+fn import(
+    server: &str,
+    batch: usize,
+    batch_bytes: usize,
+    quiet: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
     let addr = server
         .trim_start_matches("http://")
         .trim_start_matches("hkp://")
@@ -139,7 +146,11 @@ fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[
         .with_context(|| format!("resolving {server}"))?
         .next()
         .context("no address")?;
-    let total_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let total_bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -152,42 +163,58 @@ fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[
         .expect("valid template"),
     );
     let started = Instant::now();
-    let mut totals = Totals::default();
+    let totals = Mutex::new(Totals::default());
     let mut certs = 0u64;
-    for file in files {
-        let mut pending: Vec<u8> = Vec::new();
-        let mut in_batch = 0usize;
-        let flush = |pending: &mut Vec<u8>, in_batch: &mut usize, totals: &mut Totals| -> anyhow::Result<()> {
-            if *in_batch > 0 {
-                post_batch(addr, pending, totals)?;
-                pending.clear();
-                *in_batch = 0;
+    // Two batches in flight: the node validates one while it commits and applies the other.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let next = rx.lock().expect("not poisoned").recv();
+                        let Ok(body) = next else { return Ok(()) };
+                        post_batch(addr, &body, &totals)?;
+                    }
+                })
+            })
+            .collect();
+        let mut consumed = 0u64;
+        let mut feed = || -> anyhow::Result<()> {
+            for file in files {
+                let mut pending = Vec::new();
+                let mut in_batch = 0usize;
+                for chunk in keyring_chunks(file)? {
+                    let chunk = chunk.with_context(|| format!("reading {}", file.display()))?;
+                    consumed += chunk.len() as u64;
+                    certs += 1;
+                    pending.extend_from_slice(&chunk);
+                    in_batch += 1;
+                    if in_batch >= batch || pending.len() >= batch_bytes {
+                        tx.send(std::mem::take(&mut pending))
+                            .context("import workers stopped")?;
+                        in_batch = 0;
+                    }
+                    bar.set_position(consumed.min(total_bytes));
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{certs} certs, {:.0} certs/s", certs as f64 / secs));
+                }
+                if in_batch > 0 {
+                    tx.send(pending).context("import workers stopped")?;
+                }
             }
             Ok(())
         };
-        for_each_cert(file, |item, consumed| {
-            match item {
-                Ok(bytes) => {
-                    certs += 1;
-                    pending.extend_from_slice(&bytes);
-                    in_batch += 1;
-                    if in_batch >= batch || pending.len() >= batch_bytes {
-                        flush(&mut pending, &mut in_batch, &mut totals)?;
-                    }
-                }
-                Err(reason) => {
-                    totals.rejected += 1;
-                    *totals.reasons.entry(reason).or_default() += 1;
-                }
-            }
-            bar.set_position(consumed);
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!("{certs} certs, {:.0} certs/s", certs as f64 / secs));
-            Ok(())
-        })?;
-        flush(&mut pending, &mut in_batch, &mut totals)?;
-    }
+        let fed = feed();
+        drop(tx);
+        for w in workers {
+            w.join().expect("import worker panicked")?;
+        }
+        fed
+    })?;
     bar.finish();
+    let totals = totals.into_inner().expect("not poisoned");
     let secs = started.elapsed().as_secs_f64();
     println!(
         "imported {certs} certificates ({:.1} MB) in {secs:.2} s: {:.0} certs/s, {:.1} MB/s",
@@ -205,44 +232,31 @@ fn import(server: &str, batch: usize, batch_bytes: usize, quiet: bool, files: &[
     Ok(())
 }
 
-/// Stream certificates out of a keyring file, calling `f` with each one's binary form (or
-/// the reason it is unreadable) and the bytes consumed so far.
-fn for_each_cert(
+/// Certificate-sized chunks of a keyring file, binary or armored: binary files are streamed;
+/// armored dumps are read whole and de-armored block by block.
+fn keyring_chunks(
     path: &Path,
-    mut f: impl FnMut(Result<Vec<u8>, String>, u64) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata()?.len();
-    let counter = CountingReader {
-        inner: BufReader::new(file),
-        count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
-    };
-    let count = counter.count.clone();
-    let ppr = PacketParserBuilder::from_reader(counter)?.max_recursion_depth(0).build()?;
-    for item in CertParser::from(ppr) {
-        let consumed = count.load(std::sync::atomic::Ordering::Relaxed).min(size);
-        match item {
-            Ok(cert) => f(cert.to_vec().map_err(|e| e.to_string()), consumed)?,
-            Err(e) => f(Err(e.to_string()), consumed)?,
-        }
+) -> anyhow::Result<Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>>> {
+    let mut file = BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+    );
+    let head = std::io::BufRead::fill_buf(&mut file)?;
+    let armored = head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'-');
+    if !armored {
+        return Ok(Box::new(CertSplitter::new(file)));
     }
-    Ok(())
-}
-
-struct CountingReader<R> {
-    inner: R,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(n)
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    let mut binary = Vec::new();
+    for block in armor_blocks(&text) {
+        let mut r = Reader::from_bytes(block, ReaderMode::Tolerant(None));
+        r.read_to_end(&mut binary)
+            .with_context(|| format!("de-armoring {}", path.display()))?;
     }
+    Ok(Box::new(CertSplitter::new(std::io::Cursor::new(binary))))
 }
 
-fn post_batch(addr: SocketAddr, body: &[u8], totals: &mut Totals) -> anyhow::Result<()> {
+fn post_batch(addr: SocketAddr, body: &[u8], totals: &Mutex<Totals>) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     for attempt in 0..5 {
         let r = crate::client::request(
@@ -255,7 +269,9 @@ fn post_batch(addr: SocketAddr, body: &[u8], totals: &mut Totals) -> anyhow::Res
         );
         match r {
             Ok(resp) if resp.status == 200 => {
-                let v: serde_json::Value = serde_json::from_slice(&resp.body).context("server answer is not JSON")?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&resp.body).context("server answer is not JSON")?;
+                let mut totals = totals.lock().expect("not poisoned");
                 for k in v["keys"].as_array().into_iter().flatten() {
                     match k["status"].as_str() {
                         Some("new") => totals.new += 1,
@@ -271,8 +287,12 @@ fn post_batch(addr: SocketAddr, body: &[u8], totals: &mut Totals) -> anyhow::Res
                 return Ok(());
             }
             Ok(resp) if resp.status == 422 => {
+                let mut totals = totals.lock().expect("not poisoned");
                 totals.rejected += 1;
-                *totals.reasons.entry(resp.text().trim().to_string()).or_default() += 1;
+                *totals
+                    .reasons
+                    .entry(resp.text().trim().to_string())
+                    .or_default() += 1;
                 return Ok(());
             }
             Ok(resp) if resp.status == 503 && attempt < 4 => {}

@@ -16,7 +16,10 @@ pub struct Response {
 impl Response {
     /// First header value by lower-case name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as (lossy) text.
@@ -72,7 +75,10 @@ fn read_response(mut r: impl BufRead) -> std::io::Result<Response> {
         }
     }
     let mut body = Vec::new();
-    let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     match len {
         Some(n) => {
             body.resize(n, 0);
@@ -82,5 +88,9 @@ fn read_response(mut r: impl BufRead) -> std::io::Result<Response> {
             r.read_to_end(&mut body)?;
         }
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }

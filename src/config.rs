@@ -173,7 +173,10 @@ impl Default for RaftConfig {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file or an override is not valid (unknown key, wrong type...).
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
@@ -184,7 +187,10 @@ pub enum ConfigError {
 
 impl Config {
     /// Load `path` (or the defaults when `None`) and apply `KEYRAFT_*` overrides from `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.to_path_buf(),
@@ -199,47 +205,73 @@ impl Config {
         })?;
         let mut overridden = Vec::new();
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix("KEYRAFT_") else { continue };
-            let Some((section, field)) = rest.split_once("__") else { continue };
+            let Some(rest) = k.strip_prefix("KEYRAFT_") else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
             let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
             let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(v));
-            let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
             if let toml::Value::Table(t) = entry {
                 t.insert(field.clone(), value);
             }
             overridden.push(format!("{k}"));
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: if overridden.is_empty() { origin } else { format!("{origin} with {}", overridden.join(", ")) },
-            message: e.message().to_string(),
-        })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: if overridden.is_empty() {
+                        origin
+                    } else {
+                        format!("{origin} with {}", overridden.join(", "))
+                    },
+                    message: e.message().to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.limits.to_limits()?;
-        if self.hkp.tls_listen.is_some() && (self.hkp.tls_cert.is_none() || self.hkp.tls_key.is_none()) {
-            return Err(ConfigError::Invalid("hkp.tls_listen needs hkp.tls_cert and hkp.tls_key".into()));
+        if self.hkp.tls_listen.is_some()
+            && (self.hkp.tls_cert.is_none() || self.hkp.tls_key.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "hkp.tls_listen needs hkp.tls_cert and hkp.tls_key".into(),
+            ));
         }
-        if self.raft.election_min_ms >= self.raft.election_max_ms || self.raft.heartbeat_ms >= self.raft.election_min_ms {
+        if self.raft.election_min_ms >= self.raft.election_max_ms
+            || self.raft.heartbeat_ms >= self.raft.election_min_ms
+        {
             return Err(ConfigError::Invalid(
                 "raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms".into(),
             ));
         }
         if self.hkp.result_limit == 0 || self.hkp.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid("hkp.result_limit and hkp.max_body_bytes must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "hkp.result_limit and hkp.max_body_bytes must be positive".into(),
+            ));
         }
         Ok(())
     }
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    span.map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
-        .unwrap_or_default()
+    span.map(|s| {
+        format!(
+            " (line {})",
+            text[..s.start.min(text.len())].lines().count().max(1)
+        )
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -250,7 +282,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hkp.toml");
         std::fs::write(&p, text).unwrap();
-        Config::load(Some(&p), env.into_iter().map(|(a, b)| (a.to_string(), b.to_string())))
+        Config::load(
+            Some(&p),
+            env.into_iter().map(|(a, b)| (a.to_string(), b.to_string())),
+        )
     }
 
     #[test]
@@ -274,13 +309,23 @@ mod tests {
     fn environment_overrides_apply_and_are_checked() {
         let c = load_str(
             "",
-            vec![("KEYRAFT_HKP__LISTEN", "0.0.0.0:1"), ("KEYRAFT_LIMITS__THIRD_PARTY_CAP", "7"), ("OTHER", "x")],
+            vec![
+                ("KEYRAFT_HKP__LISTEN", "0.0.0.0:1"),
+                ("KEYRAFT_LIMITS__THIRD_PARTY_CAP", "7"),
+                ("OTHER", "x"),
+            ],
         )
         .unwrap();
         assert_eq!(c.hkp.listen, "0.0.0.0:1".parse().unwrap());
-        assert_eq!(c.limits.to_limits().unwrap().third_party, ThirdPartyPolicy::Cap(7));
+        assert_eq!(
+            c.limits.to_limits().unwrap().third_party,
+            ThirdPartyPolicy::Cap(7)
+        );
         let e = load_str("", vec![("KEYRAFT_HKP__BOGUS", "1")]).unwrap_err();
-        assert!(e.to_string().contains("bogus") && e.to_string().contains("KEYRAFT_HKP__BOGUS"), "{e}");
+        assert!(
+            e.to_string().contains("bogus") && e.to_string().contains("KEYRAFT_HKP__BOGUS"),
+            "{e}"
+        );
     }
 
     #[test]

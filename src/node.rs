@@ -8,7 +8,7 @@ use tracing::info;
 
 use crate::api::{self, ApiSettings, AppState, ServerSettings};
 use crate::config::Config;
-use crate::raft::{Keyserver, KeyraftNode, RaftNode, RaftSettings};
+use crate::raft::{KeyraftNode, Keyserver, RaftNode, RaftSettings};
 use crate::store::Store;
 
 const NODE_ID_KEY: &str = "node_id";
@@ -16,7 +16,10 @@ const NODE_ID_KEY: &str = "node_id";
 /// This node's Raft id: generated once, persisted, never reused.
 fn node_id(store: &Store) -> anyhow::Result<u64> {
     if let Some(b) = store.raft_meta_get(NODE_ID_KEY)? {
-        let arr: [u8; 8] = b.as_slice().try_into().context("stored node id is not 8 bytes")?;
+        let arr: [u8; 8] = b
+            .as_slice()
+            .try_into()
+            .context("stored node id is not 8 bytes")?;
         return Ok(u64::from_be_bytes(arr));
     }
     let mut h = Sha256::new();
@@ -41,8 +44,9 @@ pub struct Node {
 impl Node {
     /// Start a node from a validated configuration.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
-        let store = Store::open(&config.node.data_dir)
-            .with_context(|| format!("opening data directory {}", config.node.data_dir.display()))?;
+        let store = Store::open(&config.node.data_dir).with_context(|| {
+            format!("opening data directory {}", config.node.data_dir.display())
+        })?;
         let id = node_id(&store)?;
         let me = KeyraftNode {
             name: hostname(),

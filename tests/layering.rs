@@ -8,7 +8,10 @@ fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
         if p.is_dir() {
             sources(&p, out);
         } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+            out.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            ));
         }
     }
 }
@@ -46,8 +49,14 @@ fn use_groups(text: &str) -> Vec<Vec<String>> {
 fn no_layer_imports_a_layer_above_or_beside_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let rules: [(&str, &[&str]); 5] = [
-        ("pgp", &["store", "raft", "api", "rpc", "node", "cli", "client"]),
-        ("store", &["pgp", "raft", "api", "rpc", "node", "cli", "client"]),
+        (
+            "pgp",
+            &["store", "raft", "api", "rpc", "node", "cli", "client"],
+        ),
+        (
+            "store",
+            &["pgp", "raft", "api", "rpc", "node", "cli", "client"],
+        ),
         ("raft", &["api", "rpc", "node", "cli", "client"]),
         ("api", &["rpc", "store", "node", "cli"]),
         ("rpc", &["api", "store", "node", "cli"]),
@@ -59,7 +68,11 @@ fn no_layer_imports_a_layer_above_or_beside_it() {
         assert!(!files.is_empty(), "src/{layer} has sources");
         for (path, text) in files {
             for bad in forbidden {
-                for pat in [format!("crate::{bad}::"), format!("crate::{bad};"), format!("crate::{bad}}}")] {
+                for pat in [
+                    format!("crate::{bad}::"),
+                    format!("crate::{bad};"),
+                    format!("crate::{bad}}}"),
+                ] {
                     if text.contains(&pat) {
                         violations.push(format!("{path} uses {pat}"));
                     }
@@ -72,17 +85,27 @@ fn no_layer_imports_a_layer_above_or_beside_it() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn every_module_has_a_doc_header() {
     let mut files = Vec::new();
-    sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     let missing: Vec<_> = files
         .iter()
         .filter(|(p, t)| !p.ends_with("tests.rs") && !t.trim_start().starts_with("//!"))
         .map(|(p, _)| p.clone())
         .collect();
-    assert!(missing.is_empty(), "modules without a //! header: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "modules without a //! header: {missing:?}"
+    );
 }

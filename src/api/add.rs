@@ -14,7 +14,11 @@ use super::AppState;
 use crate::raft::ItemReport;
 
 /// Handle one submission; bounded by the request timeout.
-pub async fn add(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn add(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let limit = state.settings.max_body_bytes;
     let work = async {
         let body = read_limited(body, limit).await?;
@@ -24,7 +28,9 @@ pub async fn add(req: HttpRequest, body: web::Payload, state: web::Data<AppState
     };
     match tokio::time::timeout(state.settings.write_timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(ApiError::Unavailable("write not committed in time; it may still be applied".into())),
+        Err(_) => Err(ApiError::Unavailable(
+            "write not committed in time; it may still be applied".into(),
+        )),
     }
 }
 
@@ -49,7 +55,8 @@ fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> 
     if !form {
         return Ok(body.to_vec());
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("form body is not valid UTF-8".into()))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("form body is not valid UTF-8".into()))?;
     pairs(text)
         .find(|(k, _)| k == "keytext")
         .map(|(_, v)| v)
@@ -57,7 +64,8 @@ fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> 
 }
 
 fn wants_json(req: &HttpRequest) -> bool {
-    let mr = pairs(req.query_string()).any(|(k, v)| k == "options" && v.split(|c| *c == b',').any(|o| o == b"mr"));
+    let mr = pairs(req.query_string())
+        .any(|(k, v)| k == "options" && v.split(|c| *c == b',').any(|o| o == b"mr"));
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -74,8 +82,15 @@ fn respond(req: &HttpRequest, report: &[ItemReport], index: u64) -> HttpResponse
     }
     let mut text = String::new();
     for r in report {
-        let status = serde_json::to_value(&r.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let fpr = if r.fingerprint.is_empty() { "-" } else { &r.fingerprint };
+        let status = serde_json::to_value(&r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let fpr = if r.fingerprint.is_empty() {
+            "-"
+        } else {
+            &r.fingerprint
+        };
         text.push_str(&format!("{status} {fpr}"));
         if let Some(reason) = &r.reason {
             text.push_str(&format!(": {reason}"));

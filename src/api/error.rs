@@ -58,7 +58,8 @@ impl ResponseError for ApiError {
             b.insert_header(("Retry-After", "2"));
         }
         let line = self.to_string().replace(['\r', '\n'], " ");
-        b.content_type("text/plain; charset=utf-8").body(format!("{line}\n"))
+        b.content_type("text/plain; charset=utf-8")
+            .body(format!("{line}\n"))
     }
 }
 

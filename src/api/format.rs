@@ -69,7 +69,10 @@ pub fn mr_index(summaries: &[&Summary], now: u64) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn date(t: u64) -> String {
@@ -87,7 +90,12 @@ fn date(t: u64) -> String {
 }
 
 /// The human-readable index listing; `sigs` adds signature lines (vindex).
-pub fn html_index(title: &str, summaries: &[&Summary], sigs: &[Vec<crate::raft::SigLine>], now: u64) -> String {
+pub fn html_index(
+    title: &str,
+    summaries: &[&Summary],
+    sigs: &[Vec<crate::raft::SigLine>],
+    now: u64,
+) -> String {
     let mut out = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{0}</title></head><body>\n<h1>{0}</h1>\n",
         html_escape(title)
@@ -100,11 +108,24 @@ pub fn html_index(title: &str, summaries: &[&Summary], sigs: &[Vec<crate::raft::
             s.fingerprint,
             s.fingerprint,
             date(s.created),
-            if f.is_empty() { String::new() } else { format!("[{f}]") }
+            if f.is_empty() {
+                String::new()
+            } else {
+                format!("[{f}]")
+            }
         ));
         for (n, u) in s.uids.iter().enumerate() {
-            out.push_str(&format!("uid  {}\n", html_escape(&String::from_utf8_lossy(&u.uid))));
-            for sig in sigs.get(i).map(|v| v.as_slice()).unwrap_or(&[]).iter().filter(|g| g.uid == n) {
+            out.push_str(&format!(
+                "uid  {}\n",
+                html_escape(&String::from_utf8_lossy(&u.uid))
+            ));
+            for sig in sigs
+                .get(i)
+                .map(|v| v.as_slice())
+                .unwrap_or(&[])
+                .iter()
+                .filter(|g| g.uid == n)
+            {
                 out.push_str(&format!(
                     "sig  {:02x} {} {}\n",
                     sig.typ,

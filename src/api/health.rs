@@ -13,9 +13,13 @@ pub async fn health() -> HttpResponse {
 /// Readiness for load balancers.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.keys.raft().has_leader_and_applied() {
-        Ok(HttpResponse::Ok().content_type("text/plain").body("ready\n"))
+        Ok(HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"))
     } else {
-        Err(ApiError::Unavailable("not ready: no leader known or state not yet applied".into()))
+        Err(ApiError::Unavailable(
+            "not ready: no leader known or state not yet applied".into(),
+        ))
     }
 }
 

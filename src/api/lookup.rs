@@ -10,12 +10,18 @@ use super::AppState;
 
 /// Handle one lookup. Reads are local RocksDB point lookups and short prefix scans bounded
 /// by the result limit, so they run inline: no thread hop on the hot path.
-pub async fn lookup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn lookup(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     answer(&state, parse_lookup(req.query_string())?)
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse, ApiError> {
@@ -45,7 +51,12 @@ fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse
             };
             Ok(HttpResponse::Ok()
                 .content_type("text/html; charset=utf-8")
-                .body(format::html_index("Search results", &summaries, &sigs, now())))
+                .body(format::html_index(
+                    "Search results",
+                    &summaries,
+                    &sigs,
+                    now(),
+                )))
         }
         LookupOp::Stats => unreachable!("handled above"),
     }
@@ -75,5 +86,7 @@ fn stats(state: &AppState, mr: bool) -> Result<HttpResponse, ApiError> {
         node.id,
         node.applied_index.unwrap_or(0)
     );
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(body))
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(body))
 }

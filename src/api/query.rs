@@ -60,7 +60,10 @@ fn hex_val(c: u8) -> Option<u8> {
 pub fn pairs(raw: &str) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
     raw.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        (String::from_utf8_lossy(&percent_decode(k)).to_ascii_lowercase(), percent_decode(v))
+        (
+            String::from_utf8_lossy(&percent_decode(k)).to_ascii_lowercase(),
+            percent_decode(v),
+        )
     })
 }
 
@@ -77,7 +80,11 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
         match k.as_str() {
             "op" => op = Some(String::from_utf8_lossy(&v).to_ascii_lowercase()),
             "search" => search = Some(v),
-            "options" => mr = String::from_utf8_lossy(&v).split(',').any(|o| o.trim() == "mr"),
+            "options" => {
+                mr = String::from_utf8_lossy(&v)
+                    .split(',')
+                    .any(|o| o.trim() == "mr")
+            }
             "exact" => exact = is_on(&v),
             "fingerprint" => fingerprint = is_on(&v),
             _ => {}
@@ -108,21 +115,27 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
 /// Interpret a decoded search string.
 pub fn parse_search(raw: &[u8]) -> Result<Search, ApiError> {
     if raw.len() > MAX_SEARCH_BYTES {
-        return Err(ApiError::BadRequest(format!("search longer than {MAX_SEARCH_BYTES} bytes")));
+        return Err(ApiError::BadRequest(format!(
+            "search longer than {MAX_SEARCH_BYTES} bytes"
+        )));
     }
-    let s = std::str::from_utf8(raw).map_err(|_| ApiError::BadRequest("search is not valid UTF-8".into()))?;
+    let s = std::str::from_utf8(raw)
+        .map_err(|_| ApiError::BadRequest("search is not valid UTF-8".into()))?;
     let s = s.trim();
     if s.is_empty() {
         return Err(ApiError::BadRequest("empty search".into()));
     }
     let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
     if let Some(h) = hex {
-        let bytes = hex::decode(h).map_err(|_| ApiError::BadRequest("search 0x... is not hexadecimal".into()))?;
+        let bytes = hex::decode(h)
+            .map_err(|_| ApiError::BadRequest("search 0x... is not hexadecimal".into()))?;
         return match bytes.len() {
             4 => Ok(Search::KeyId32(bytes)),
             8 => Ok(Search::KeyId64(bytes)),
             20 | 32 => Ok(Search::Fingerprint(bytes)),
-            _ => Err(ApiError::BadRequest("key ids have 8 or 16 hex digits, fingerprints 40 or 64".into())),
+            _ => Err(ApiError::BadRequest(
+                "key ids have 8 or 16 hex digits, fingerprints 40 or 64".into(),
+            )),
         };
     }
     if (s.len() == 40 || s.len() == 64) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -140,7 +153,9 @@ pub fn parse_search(raw: &[u8]) -> Result<Search, ApiError> {
     }
     let words = search_words(s);
     if words.is_empty() {
-        return Err(ApiError::BadRequest("search has no word of 2 or more characters".into()));
+        return Err(ApiError::BadRequest(
+            "search has no word of 2 or more characters".into(),
+        ));
     }
     Ok(Search::Words(words))
 }
@@ -151,7 +166,10 @@ mod tests {
 
     #[test]
     fn gpg_patterns_parse() {
-        let q = parse_lookup("op=index&options=mr&fingerprint=on&search=Jane%20%3Cjane+x@example.org%3E").unwrap();
+        let q = parse_lookup(
+            "op=index&options=mr&fingerprint=on&search=Jane%20%3Cjane+x@example.org%3E",
+        )
+        .unwrap();
         assert_eq!(q.op, LookupOp::Index);
         assert!(q.mr && q.fingerprint && !q.exact);
         assert_eq!(q.search, Some(Search::Email("jane+x@example.org".into())));
@@ -162,31 +180,61 @@ mod tests {
 
     #[test]
     fn key_ids_and_fingerprints() {
-        assert_eq!(parse_search(b"0xDEADBEEF").unwrap(), Search::KeyId32(vec![0xDE, 0xAD, 0xBE, 0xEF]));
-        assert!(matches!(parse_search(b"0x0123456789ABCDEF").unwrap(), Search::KeyId64(v) if v.len() == 8));
+        assert_eq!(
+            parse_search(b"0xDEADBEEF").unwrap(),
+            Search::KeyId32(vec![0xDE, 0xAD, 0xBE, 0xEF])
+        );
+        assert!(
+            matches!(parse_search(b"0x0123456789ABCDEF").unwrap(), Search::KeyId64(v) if v.len() == 8)
+        );
         let f = "0x".to_string() + &"AB".repeat(20);
-        assert!(matches!(parse_search(f.as_bytes()).unwrap(), Search::Fingerprint(v) if v.len() == 20));
+        assert!(
+            matches!(parse_search(f.as_bytes()).unwrap(), Search::Fingerprint(v) if v.len() == 20)
+        );
         let f6 = "cd".repeat(32);
-        assert!(matches!(parse_search(f6.as_bytes()).unwrap(), Search::Fingerprint(v) if v.len() == 32));
+        assert!(
+            matches!(parse_search(f6.as_bytes()).unwrap(), Search::Fingerprint(v) if v.len() == 32)
+        );
         assert!(parse_search(b"0x123").is_err());
         assert!(parse_search(b"0xZZZZZZZZ").is_err());
     }
 
     #[test]
     fn words_and_bad_searches() {
-        assert_eq!(parse_search(b"Jane Doe").unwrap(), Search::Words(vec!["jane".into(), "doe".into()]));
-        assert!(matches!(parse_search(&[0xff, 0xfe]), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_search(&[b'a'; 600]), Err(ApiError::BadRequest(_))));
+        assert_eq!(
+            parse_search(b"Jane Doe").unwrap(),
+            Search::Words(vec!["jane".into(), "doe".into()])
+        );
+        assert!(matches!(
+            parse_search(&[0xff, 0xfe]),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_search(&[b'a'; 600]),
+            Err(ApiError::BadRequest(_))
+        ));
         assert!(matches!(parse_search(b"  "), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse_search(b"a"), Err(ApiError::BadRequest(_))));
     }
 
     #[test]
     fn ops_and_missing_parameters() {
-        assert!(matches!(parse_lookup("op=frobnicate&search=x"), Err(ApiError::NotImplemented(_))));
-        assert!(matches!(parse_lookup("search=jane"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse_lookup("op=get"), Err(ApiError::BadRequest(_))));
-        assert_eq!(parse_lookup("op=stats&options=mr").unwrap().op, LookupOp::Stats);
+        assert!(matches!(
+            parse_lookup("op=frobnicate&search=x"),
+            Err(ApiError::NotImplemented(_))
+        ));
+        assert!(matches!(
+            parse_lookup("search=jane"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_lookup("op=get"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert_eq!(
+            parse_lookup("op=stats&options=mr").unwrap().op,
+            LookupOp::Stats
+        );
     }
 
     #[test]

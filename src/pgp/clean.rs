@@ -84,7 +84,13 @@ fn claims_primary(sig: &Signature, primary: &KeyHandle) -> bool {
     issuers.is_empty() || issuers.iter().any(|h| h.aliases(primary))
 }
 
-fn keep_signature(sig: &Signature, on: &Component, pk: &Primary, handle: &KeyHandle, limits: &Limits) -> bool {
+fn keep_signature(
+    sig: &Signature,
+    on: &Component,
+    pk: &Primary,
+    handle: &KeyHandle,
+    limits: &Limits,
+) -> bool {
     use SignatureType::*;
     if !claims_primary(sig, handle) {
         // Third-party: certifications and revocations on user ids and attributes, and
@@ -92,7 +98,11 @@ fn keep_signature(sig: &Signature, on: &Component, pk: &Primary, handle: &KeyHan
         let allowed = match on {
             Component::UserId(_) | Component::UserAttribute(_) => matches!(
                 sig.typ(),
-                GenericCertification | PersonaCertification | CasualCertification | PositiveCertification | CertificationRevocation
+                GenericCertification
+                    | PersonaCertification
+                    | CasualCertification
+                    | PositiveCertification
+                    | CertificationRevocation
             ),
             Component::Primary => sig.typ() == KeyRevocation,
             _ => false,
@@ -108,14 +118,22 @@ fn keep_signature(sig: &Signature, on: &Component, pk: &Primary, handle: &KeyHan
         (Component::Subkey(k), SubkeyRevocation) => sig.verify_subkey_revocation(pk, pk, k),
         (
             Component::UserId(u),
-            GenericCertification | PersonaCertification | CasualCertification | PositiveCertification,
+            GenericCertification
+            | PersonaCertification
+            | CasualCertification
+            | PositiveCertification,
         ) => sig.verify_userid_binding(pk, pk, u),
         (Component::UserId(u), CertificationRevocation) => sig.verify_userid_revocation(pk, pk, u),
         (
             Component::UserAttribute(ua),
-            GenericCertification | PersonaCertification | CasualCertification | PositiveCertification,
+            GenericCertification
+            | PersonaCertification
+            | CasualCertification
+            | PositiveCertification,
         ) => sig.verify_user_attribute_binding(pk, pk, ua),
-        (Component::UserAttribute(ua), CertificationRevocation) => sig.verify_user_attribute_revocation(pk, pk, ua),
+        (Component::UserAttribute(ua), CertificationRevocation) => {
+            sig.verify_user_attribute_revocation(pk, pk, ua)
+        }
         _ => return false,
     };
     verified.is_ok()
@@ -150,13 +168,18 @@ fn third_party(packets: &[Packet], handle: &KeyHandle) -> Vec<Certification> {
                     && !claims_primary(sig, handle)
                     && matches!(
                         sig.typ(),
-                        GenericCertification | PersonaCertification | CasualCertification | PositiveCertification
+                        GenericCertification
+                            | PersonaCertification
+                            | CasualCertification
+                            | PositiveCertification
                     ) =>
             {
                 out.push(Certification {
                     component,
                     position,
-                    created: sig.signature_creation_time().unwrap_or(SystemTime::UNIX_EPOCH),
+                    created: sig
+                        .signature_creation_time()
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
                     size: sig.serialized_len(),
                 });
             }
@@ -179,7 +202,12 @@ pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
         ThirdPartyPolicy::Cap(n) => {
             // Newest first within each component; drop beyond n.
             let mut sorted: Vec<&Certification> = certs.iter().collect();
-            sorted.sort_by(|a, b| a.component.cmp(&b.component).then(b.created.cmp(&a.created)).then(a.position.cmp(&b.position)));
+            sorted.sort_by(|a, b| {
+                a.component
+                    .cmp(&b.component)
+                    .then(b.created.cmp(&a.created))
+                    .then(a.position.cmp(&b.position))
+            });
             let mut seen = (usize::MAX, 0u32);
             for c in sorted {
                 if seen.0 != c.component {
@@ -193,7 +221,12 @@ pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
         }
     }
     certs.retain(|c| !drop[c.position]);
-    let total: usize = packets.iter().zip(&drop).filter(|(_, d)| !**d).map(|(p, _)| p.serialized_len()).sum();
+    let total: usize = packets
+        .iter()
+        .zip(&drop)
+        .filter(|(_, d)| !**d)
+        .map(|(p, _)| p.serialized_len())
+        .sum();
     let limit = limits.max_cert_bytes as usize;
     if total > limit {
         // Oldest first, across all user ids.
@@ -213,7 +246,11 @@ pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
     if !drop.iter().any(|d| *d) {
         return Ok(cert);
     }
-    let kept = packets.into_iter().zip(drop).filter(|(_, d)| !d).map(|(p, _)| p);
+    let kept = packets
+        .into_iter()
+        .zip(drop)
+        .filter(|(_, d)| !d)
+        .map(|(p, _)| p);
     Cert::from_packets(kept).map_err(|e| PgpError::Invalid(one_line(&e)))
 }
 

@@ -91,7 +91,9 @@ pub struct Summary {
 }
 
 fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Summarise a certificate at `time`.
@@ -114,12 +116,22 @@ pub fn summarize(cert: &Cert, time: SystemTime) -> Summary {
     s.revoked = matches!(vc.revocation_status(), RevocationStatus::Revoked(_));
     for ua in cert.userids() {
         let valid = ua.clone().with_policy(&*POLICY, time).ok();
-        let binding = valid.as_ref().and_then(|v| Some(v.binding_signature().clone()));
+        let binding = valid
+            .as_ref()
+            .and_then(|v| Some(v.binding_signature().clone()));
         s.uids.push(UidSummary {
             uid: ua.userid().value().to_vec(),
-            created: binding.as_ref().and_then(|b| b.signature_creation_time()).map(secs),
-            expires: binding.as_ref().and_then(|b| b.signature_expiration_time()).map(secs),
-            revoked: valid.as_ref().is_some_and(|v| matches!(v.revocation_status(), RevocationStatus::Revoked(_))),
+            created: binding
+                .as_ref()
+                .and_then(|b| b.signature_creation_time())
+                .map(secs),
+            expires: binding
+                .as_ref()
+                .and_then(|b| b.signature_expiration_time())
+                .map(secs),
+            revoked: valid
+                .as_ref()
+                .is_some_and(|v| matches!(v.revocation_status(), RevocationStatus::Revoked(_))),
         });
     }
     s
@@ -139,11 +151,19 @@ pub struct SigLine {
 pub fn vindex_sigs(cert: &Cert) -> Vec<SigLine> {
     let mut out = Vec::new();
     for (i, ua) in cert.userids().enumerate() {
-        let all = ua.self_signatures().chain(ua.certifications()).chain(ua.self_revocations()).chain(ua.other_revocations());
+        let all = ua
+            .self_signatures()
+            .chain(ua.certifications())
+            .chain(ua.self_revocations())
+            .chain(ua.other_revocations());
         for sig in all {
             out.push(SigLine {
                 uid: i,
-                issuer: sig.get_issuers().first().map(|h| h.to_hex()).unwrap_or_default(),
+                issuer: sig
+                    .get_issuers()
+                    .first()
+                    .map(|h| h.to_hex())
+                    .unwrap_or_default(),
                 created: sig.signature_creation_time().map(secs),
                 typ: u8::from(sig.typ()),
             });
@@ -158,7 +178,10 @@ mod tests {
 
     #[test]
     fn words_are_unicode_lowercase_and_bounded() {
-        assert_eq!(words("Jane Doe (Work) <Jane.Doe@Example.org>"), ["jane", "doe", "work", "jane", "doe", "example", "org"]);
+        assert_eq!(
+            words("Jane Doe (Work) <Jane.Doe@Example.org>"),
+            ["jane", "doe", "work", "jane", "doe", "example", "org"]
+        );
         assert_eq!(words("ÉMILE Zola"), ["émile", "zola"]);
         assert!(words("a b c").is_empty());
     }

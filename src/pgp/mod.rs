@@ -14,13 +14,17 @@ mod index;
 mod limits;
 mod merge;
 mod parse;
+mod split;
 mod types;
 
 pub use clean::{clean, shed};
-pub use index::{index_terms, summarize, words, vindex_sigs, IndexTerms, SigLine, Summary, UidSummary};
+pub use index::{
+    index_terms, summarize, vindex_sigs, words, IndexTerms, SigLine, Summary, UidSummary,
+};
 pub use limits::{Limits, ThirdPartyPolicy};
 pub use merge::{merge, MergeOutcome};
-pub use parse::{parse_submission, Parsed};
+pub use parse::{armor_blocks, parse_submission, Parsed};
+pub use split::CertSplitter;
 pub use types::{normalize_email, Fingerprint};
 
 use std::sync::LazyLock;
@@ -42,9 +46,30 @@ pub static POLICY: LazyLock<StandardPolicy<'static>> = LazyLock::new(|| {
     }
     use AsymmetricAlgorithm::*;
     for a in [
-        RSA1024, RSA2048, RSA3072, RSA4096, ElGamal1024, ElGamal2048, ElGamal3072, ElGamal4096, DSA1024,
-        DSA2048, DSA3072, DSA4096, NistP256, NistP384, NistP521, BrainpoolP256, BrainpoolP384,
-        BrainpoolP512, Cv25519, X25519, X448, Ed25519, Ed448, EdDSA,
+        RSA1024,
+        RSA2048,
+        RSA3072,
+        RSA4096,
+        ElGamal1024,
+        ElGamal2048,
+        ElGamal3072,
+        ElGamal4096,
+        DSA1024,
+        DSA2048,
+        DSA3072,
+        DSA4096,
+        NistP256,
+        NistP384,
+        NistP521,
+        BrainpoolP256,
+        BrainpoolP384,
+        BrainpoolP512,
+        Cv25519,
+        X25519,
+        X448,
+        Ed25519,
+        Ed448,
+        EdDSA,
     ] {
         p.accept_asymmetric_algo(a);
     }
@@ -71,7 +96,11 @@ pub enum PgpError {
     TooLarge { size: usize, limit: usize },
     /// A packet the certificate cannot do without is over the packet size cap.
     #[error("{what} packet is {size} bytes, over the {limit}-byte packet cap")]
-    PacketTooLarge { what: &'static str, size: usize, limit: usize },
+    PacketTooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     /// Sequoia refused the certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),

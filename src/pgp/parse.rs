@@ -55,7 +55,7 @@ pub fn parse_submission(input: &[u8], limits: &Limits) -> Result<Vec<Parsed>, Pg
 }
 
 /// The byte ranges of armored blocks, BEGIN line to END line inclusive.
-fn armor_blocks(input: &[u8]) -> Vec<&[u8]> {
+pub fn armor_blocks(input: &[u8]) -> Vec<&[u8]> {
     const BEGIN: &[u8] = b"-----BEGIN PGP ";
     const END: &[u8] = b"-----END PGP ";
     let mut blocks = Vec::new();
@@ -66,7 +66,10 @@ fn armor_blocks(input: &[u8]) -> Vec<&[u8]> {
         let after = &input[start..];
         let end = match find(after, END) {
             Some(e) => {
-                let line_end = after[e..].iter().position(|&c| c == b'\n').map_or(after.len(), |n| e + n + 1);
+                let line_end = after[e..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(after.len(), |n| e + n + 1);
                 start + line_end
             }
             None => input.len(),
@@ -129,12 +132,18 @@ mod tests {
             parse_submission(b"hello world", &Limits::default()),
             Err(PgpError::Unparsable(_))
         ));
-        assert!(matches!(parse_submission(b"", &Limits::default()), Err(PgpError::Unparsable(_))));
+        assert!(matches!(
+            parse_submission(b"", &Limits::default()),
+            Err(PgpError::Unparsable(_))
+        ));
     }
 
     #[test]
     fn private_key_block_is_refused() {
         let s = b"-----BEGIN PGP PRIVATE KEY BLOCK-----\nxx\n-----END PGP PRIVATE KEY BLOCK-----\n";
-        assert_eq!(parse_submission(s, &Limits::default()).unwrap_err(), PgpError::SecretKeyMaterial);
+        assert_eq!(
+            parse_submission(s, &Limits::default()).unwrap_err(),
+            PgpError::SecretKeyMaterial
+        );
     }
 }

@@ -32,9 +32,16 @@ impl fmt::Display for Fingerprint {
 /// for something that is not `local@domain`.
 pub fn normalize_email(s: &str) -> Option<String> {
     use unicode_normalization::UnicodeNormalization;
-    let s = s.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    let s = s
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
     let (local, domain) = s.rsplit_once('@')?;
-    if local.is_empty() || domain.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '<' || c == '>') {
+    if local.is_empty()
+        || domain.is_empty()
+        || s.chars().any(|c| c.is_whitespace() || c == '<' || c == '>')
+    {
         return None;
     }
     Some(s.nfkc().collect::<String>().to_lowercase())
@@ -46,8 +53,14 @@ mod tests {
 
     #[test]
     fn emails_normalise() {
-        assert_eq!(normalize_email(" <Jane+X@Example.ORG> ").as_deref(), Some("jane+x@example.org"));
-        assert_eq!(normalize_email("ÄRGER@Bücher.example").as_deref(), Some("ärger@bücher.example"));
+        assert_eq!(
+            normalize_email(" <Jane+X@Example.ORG> ").as_deref(),
+            Some("jane+x@example.org")
+        );
+        assert_eq!(
+            normalize_email("ÄRGER@Bücher.example").as_deref(),
+            Some("ärger@bücher.example")
+        );
         assert_eq!(normalize_email("no at sign"), None);
         assert_eq!(normalize_email("a b@c.d"), None);
         assert_eq!(normalize_email("@c.d"), None);
@@ -56,7 +69,10 @@ mod tests {
     #[test]
     fn fingerprints_parse_v4_and_v6() {
         let v4 = "0123456789abcdef0123456789ABCDEF01234567";
-        assert_eq!(Fingerprint::from_hex(v4).unwrap().to_hex(), v4.to_uppercase());
+        assert_eq!(
+            Fingerprint::from_hex(v4).unwrap().to_hex(),
+            v4.to_uppercase()
+        );
         assert!(Fingerprint::from_hex(&"A".repeat(64)).is_some());
         assert!(Fingerprint::from_hex(&"A".repeat(41)).is_none());
         assert!(Fingerprint::from_hex(&"G".repeat(40)).is_none());

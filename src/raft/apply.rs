@@ -12,7 +12,11 @@ use crate::store::{ApplyBatch, CertRecord, IndexKind, IndexTerm, StoreError};
 
 /// Apply `cmd`, committed at log `index`, into `batch`. Errors are storage errors only
 /// (they stop the node); per-item problems become [`ApplyOutcome::Rejected`].
-pub fn apply_command(batch: &mut ApplyBatch, cmd: &Command, index: u64) -> Result<Response, StoreError> {
+pub fn apply_command(
+    batch: &mut ApplyBatch,
+    cmd: &Command,
+    index: u64,
+) -> Result<Response, StoreError> {
     let Command::V1(c) = cmd;
     if batch.seen_request(c.request_id)? {
         return Ok(Response {
@@ -30,8 +34,12 @@ pub fn apply_command(batch: &mut ApplyBatch, cmd: &Command, index: u64) -> Resul
         Op::Delete { fingerprints } => {
             for fpr in fingerprints {
                 let outcome = match pgp::Fingerprint::from_hex(fpr) {
-                    Some(f) if batch.delete_cert(&f.0)? => ApplyOutcome::Deleted { fingerprint: f.to_hex() },
-                    Some(f) => ApplyOutcome::NotFound { fingerprint: f.to_hex() },
+                    Some(f) if batch.delete_cert(&f.0)? => ApplyOutcome::Deleted {
+                        fingerprint: f.to_hex(),
+                    },
+                    Some(f) => ApplyOutcome::NotFound {
+                        fingerprint: f.to_hex(),
+                    },
                     None => ApplyOutcome::Rejected {
                         fingerprint: fpr.clone(),
                         reason: "not a fingerprint".into(),
@@ -63,25 +71,17 @@ fn apply_submit(
     let fpr = incoming.fingerprint().as_bytes().to_vec();
     let fingerprint = incoming.fingerprint().to_hex();
     let stored = batch.get_cert(&fpr)?;
-    let merged = match pgp::merge(stored.as_ref().map(|r| r.cert.as_slice()), bytes, limits) {
-        Ok(MergeOutcome::Unchanged) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
-        Ok(MergeOutcome::New(b)) | Ok(MergeOutcome::Updated(b)) => b,
-        Err(e) => {
-            return Ok(ApplyOutcome::Rejected {
-                fingerprint,
-                reason: e.to_string(),
-            })
-        }
-    };
-    let cert = match Cert::from_bytes(&merged) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(ApplyOutcome::Rejected {
-                fingerprint,
-                reason: e.to_string(),
-            })
-        }
-    };
+    let (cert, merged) =
+        match pgp::merge(stored.as_ref().map(|r| r.cert.as_slice()), incoming, limits) {
+            Ok(MergeOutcome::Unchanged) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
+            Ok(MergeOutcome::New(c, b)) | Ok(MergeOutcome::Updated(c, b)) => (c, b),
+            Err(e) => {
+                return Ok(ApplyOutcome::Rejected {
+                    fingerprint,
+                    reason: e.to_string(),
+                })
+            }
+        };
     let summary = pgp::summarize(&cert, UNIX_EPOCH + Duration::from_secs(time));
     let created_at = stored.as_ref().map_or(time, |r| r.created_at);
     batch.put_cert(CertRecord {
@@ -103,10 +103,22 @@ fn apply_submit(
 /// Convert pgp's terms into the store's, sorted (BTreeSets are ordered).
 fn store_terms(t: &pgp::IndexTerms) -> Vec<IndexTerm> {
     let mut out: Vec<IndexTerm> = Vec::new();
-    out.extend(t.fingerprints.iter().map(|f| (IndexKind::Fingerprint, f.clone())));
+    out.extend(
+        t.fingerprints
+            .iter()
+            .map(|f| (IndexKind::Fingerprint, f.clone())),
+    );
     out.extend(t.keyids64.iter().map(|k| (IndexKind::KeyId64, k.clone())));
     out.extend(t.keyids32.iter().map(|k| (IndexKind::KeyId32, k.clone())));
-    out.extend(t.emails.iter().map(|e| (IndexKind::Email, e.as_bytes().to_vec())));
-    out.extend(t.words.iter().map(|w| (IndexKind::Word, w.as_bytes().to_vec())));
+    out.extend(
+        t.emails
+            .iter()
+            .map(|e| (IndexKind::Email, e.as_bytes().to_vec())),
+    );
+    out.extend(
+        t.words
+            .iter()
+            .map(|w| (IndexKind::Word, w.as_bytes().to_vec())),
+    );
     out
 }

@@ -99,15 +99,23 @@ impl Keyserver {
     }
 
     fn request_id(&self) -> u128 {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         ((self.node_id as u128) << 96) ^ ((nanos as u128) << 32) ^ n as u128
     }
 
     /// Validate, clean and propose a submission; answers once committed and applied here.
     /// Returns the per-item report and the log index of the write.
-    pub async fn submit(&self, body: Vec<u8>, limits: Limits) -> Result<(Vec<ItemReport>, u64), SubmitError> {
+    pub async fn submit(
+        &self,
+        body: Vec<u8>,
+        limits: Limits,
+    ) -> Result<(Vec<ItemReport>, u64), SubmitError> {
         let now = SystemTime::now();
+        let started = std::time::Instant::now();
         let (clean, mut report) = tokio::task::spawn_blocking(move || prepare(&body, &limits, now))
             .await
             .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))?
@@ -118,9 +126,14 @@ impl Keyserver {
         let cmd = Command::V1(CommandV1 {
             request_id: self.request_id(),
             time: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
-            op: Op::Submit { certs: clean, limits },
+            op: Op::Submit {
+                certs: clean,
+                limits,
+            },
         });
+        let prepared = started.elapsed();
         let (resp, index) = self.raft.write(cmd).await?;
+        tracing::debug!(?prepared, committed = ?started.elapsed() - prepared, index, "submit");
         report.extend(resp.outcomes.into_iter().map(item_report));
         Ok((report, index))
     }
@@ -129,7 +142,10 @@ impl Keyserver {
     pub async fn delete(&self, fingerprints: Vec<String>) -> Result<Vec<ItemReport>, RaftError> {
         let cmd = Command::V1(CommandV1 {
             request_id: self.request_id(),
-            time: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
             op: Op::Delete { fingerprints },
         });
         let (resp, _) = self.raft.write(cmd).await?;
@@ -163,10 +179,14 @@ impl Keyserver {
             if out.len() >= limit {
                 break;
             }
-            let Some(r) = self.store.get_cert(&f)? else { continue };
-            let all = words[1..]
-                .iter()
-                .all(|w| r.terms.iter().any(|(k, t)| *k == IndexKind::Word && t == w.as_bytes()));
+            let Some(r) = self.store.get_cert(&f)? else {
+                continue;
+            };
+            let all = words[1..].iter().all(|w| {
+                r.terms
+                    .iter()
+                    .any(|(k, t)| *k == IndexKind::Word && t == w.as_bytes())
+            });
             if all {
                 out.push(view(r)?);
             }
@@ -191,7 +211,8 @@ pub fn search_email(text: &str) -> Option<String> {
 }
 
 fn view(r: CertRecord) -> Result<KeyView, RaftError> {
-    let summary = rmp_serde::from_slice(&r.summary).map_err(|e| RaftError::Storage(format!("summary: {e}")))?;
+    let summary = rmp_serde::from_slice(&r.summary)
+        .map_err(|e| RaftError::Storage(format!("summary: {e}")))?;
     Ok(KeyView {
         cert: r.cert,
         summary,
@@ -208,8 +229,15 @@ fn item_report(o: ApplyOutcome) -> ItemReport {
         ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {
             (fingerprint, Status::Unchanged, None)
         }
-        ApplyOutcome::Rejected { fingerprint, reason } => (fingerprint, Status::Rejected, Some(reason)),
-        ApplyOutcome::Duplicate => (String::new(), Status::Unchanged, Some("duplicate request".into())),
+        ApplyOutcome::Rejected {
+            fingerprint,
+            reason,
+        } => (fingerprint, Status::Rejected, Some(reason)),
+        ApplyOutcome::Duplicate => (
+            String::new(),
+            Status::Unchanged,
+            Some("duplicate request".into()),
+        ),
     };
     ItemReport {
         fingerprint,
@@ -219,7 +247,11 @@ fn item_report(o: ApplyOutcome) -> ItemReport {
 }
 
 /// Parse and clean a submission (CPU-bound; runs on a blocking thread).
-fn prepare(body: &[u8], limits: &Limits, now: SystemTime) -> Result<(Vec<Vec<u8>>, Vec<ItemReport>), PgpError> {
+fn prepare(
+    body: &[u8],
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<(Vec<Vec<u8>>, Vec<ItemReport>), PgpError> {
     let mut clean = Vec::new();
     let mut report = Vec::new();
     for item in pgp::parse_submission(body, limits)? {
@@ -235,7 +267,9 @@ fn prepare(body: &[u8], limits: &Limits, now: SystemTime) -> Result<(Vec<Vec<u8>
             }
         };
         let fingerprint = cert.fingerprint().to_hex();
-        match pgp::clean(cert, limits, now).and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string()))) {
+        match pgp::clean(cert, limits, now)
+            .and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string())))
+        {
             Ok(bytes) => clean.push(bytes),
             Err(e) => report.push(ItemReport {
                 fingerprint,

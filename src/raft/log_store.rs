@@ -95,7 +95,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft ignores them, and the last log id is never below the purge point.
         let last_log_id = match self.last_entry_log_id()? {
             Some(last) if Some(&last) >= last_purged_log_id.as_ref() => Some(last),
-            _ => last_purged_log_id.clone(),
+            _ => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,
@@ -108,7 +108,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let vote = vote.clone();
+        let vote = *vote;
         self.blocking(move |s| meta::raft_put::<VoteKey>(s, &vote))
             .await
     }

@@ -69,7 +69,7 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
                 apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?
             }
             EntryPayload::Membership(m) => {
-                membership = Some(StoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                 Response::default()
             }
         };

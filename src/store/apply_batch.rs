@@ -91,13 +91,18 @@ impl ApplyBatch {
             return Ok(true);
         }
         let key = dedup_id_key(request_id);
-        Ok(self.store.db.get_cf(self.store.cf(CF_DEDUP), key)?.is_some())
+        Ok(self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_DEDUP), key)?
+            .is_some())
     }
 
     /// Remember `request_id` as applied at `index`, forgetting ids older than the window.
     pub fn record_request(&mut self, request_id: u128, index: u64) -> Result<(), StoreError> {
         let cf = self.store.cf(CF_DEDUP);
-        self.batch.put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
+        self.batch
+            .put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
         self.batch.put_cf(cf, dedup_age_key(index, request_id), []);
         self.requests.insert(request_id, index);
         if index > DEDUP_WINDOW {
@@ -111,7 +116,12 @@ impl ApplyBatch {
         let cf = self.store.cf(CF_DEDUP);
         let start = dedup_age_key(0, 0);
         let mut doomed = Vec::new();
-        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)).take(64) {
+        for item in self
+            .store
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+            .take(64)
+        {
             let (k, _) = item?;
             if k.first() != Some(&b'I') || k.len() != 25 {
                 break;
@@ -120,7 +130,10 @@ impl ApplyBatch {
             if at >= index {
                 break;
             }
-            doomed.push((k.to_vec(), u128::from_be_bytes(k[9..25].try_into().expect("length checked"))));
+            doomed.push((
+                k.to_vec(),
+                u128::from_be_bytes(k[9..25].try_into().expect("length checked")),
+            ));
         }
         for (k, id) in doomed {
             self.batch.delete_cf(cf, k);
@@ -138,13 +151,16 @@ impl ApplyBatch {
     pub fn commit(mut self) -> Result<(), StoreError> {
         if self.count_delta != 0 {
             let now = self.store.cert_count()? as i64 + self.count_delta;
-            self.meta.insert(COUNT_KEY.into(), (now.max(0) as u64).to_be_bytes().to_vec());
+            self.meta
+                .insert(COUNT_KEY.into(), (now.max(0) as u64).to_be_bytes().to_vec());
         }
         let cf = self.store.cf(CF_SM_META);
         for (k, v) in &self.meta {
             self.batch.put_cf(cf, k, v);
         }
-        self.store.db.write_opt(self.batch, &WriteOptions::default())?;
+        self.store
+            .db
+            .write_opt(self.batch, &WriteOptions::default())?;
         Ok(())
     }
 }
@@ -189,26 +205,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut b = s.begin_apply();
-        b.put_cert(rec(1, vec![(IndexKind::Email, b"a@x.example".to_vec())])).unwrap();
+        b.put_cert(rec(1, vec![(IndexKind::Email, b"a@x.example".to_vec())]))
+            .unwrap();
         assert!(b.get_cert(&[1; 20]).unwrap().is_some());
-        assert!(s.get_cert(&[1; 20]).unwrap().is_none(), "nothing visible before commit");
-        b.put_cert(rec(2, vec![(IndexKind::Email, b"a@x.example".to_vec())])).unwrap();
+        assert!(
+            s.get_cert(&[1; 20]).unwrap().is_none(),
+            "nothing visible before commit"
+        );
+        b.put_cert(rec(2, vec![(IndexKind::Email, b"a@x.example".to_vec())]))
+            .unwrap();
         b.commit().unwrap();
         assert_eq!(s.cert_count().unwrap(), 2);
-        assert_eq!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap().len(), 2);
+        assert_eq!(
+            s.find(IndexKind::Email, b"a@x.example", 10).unwrap().len(),
+            2
+        );
 
         // Replacing the terms removes the stale index entry.
         let mut b = s.begin_apply();
-        b.put_cert(rec(1, vec![(IndexKind::Email, b"b@x.example".to_vec())])).unwrap();
+        b.put_cert(rec(1, vec![(IndexKind::Email, b"b@x.example".to_vec())]))
+            .unwrap();
         b.commit().unwrap();
-        assert_eq!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap(), vec![vec![2; 20]]);
+        assert_eq!(
+            s.find(IndexKind::Email, b"a@x.example", 10).unwrap(),
+            vec![vec![2; 20]]
+        );
         assert_eq!(s.cert_count().unwrap(), 2);
 
         let mut b = s.begin_apply();
         assert!(b.delete_cert(&[2; 20]).unwrap());
-        assert!(!b.delete_cert(&[2; 20]).unwrap(), "second delete in one batch finds nothing");
+        assert!(
+            !b.delete_cert(&[2; 20]).unwrap(),
+            "second delete in one batch finds nothing"
+        );
         b.commit().unwrap();
-        assert!(s.find(IndexKind::Email, b"a@x.example", 10).unwrap().is_empty());
+        assert!(s
+            .find(IndexKind::Email, b"a@x.example", 10)
+            .unwrap()
+            .is_empty());
         assert_eq!(s.cert_count().unwrap(), 1);
     }
 

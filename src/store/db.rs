@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 
 use super::StoreError;
 
@@ -88,7 +91,9 @@ impl Store {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     pub(crate) fn synced() -> WriteOptions {
@@ -109,11 +114,18 @@ impl Store {
     }
 
     /// Entries in `[start, end)`, in index order.
-    pub fn log_range(&self, start: u64, end: Option<u64>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub fn log_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let cf = self.cf(CF_RAFT_LOG);
         let from = start.to_be_bytes();
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
             let (k, v) = item?;
             let i = log_key(&k)?;
             if end.is_some_and(|e| i >= e) {
@@ -147,7 +159,11 @@ impl Store {
     /// Delete entries `[index, ∞)` (conflicting uncommitted entries), fsynced.
     pub fn log_truncate_from(&self, index: u64) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        b.delete_range_cf(self.cf(CF_RAFT_LOG), index.to_be_bytes(), u64::MAX.to_be_bytes());
+        b.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            index.to_be_bytes(),
+            u64::MAX.to_be_bytes(),
+        );
         b.delete_cf(self.cf(CF_RAFT_LOG), u64::MAX.to_be_bytes());
         self.db.write_opt(b, &Self::synced())?;
         Ok(())
@@ -156,7 +172,11 @@ impl Store {
     /// Delete entries `[0, index]` (covered by a snapshot), fsynced.
     pub fn log_purge_through(&self, index: u64) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        b.delete_range_cf(self.cf(CF_RAFT_LOG), 0u64.to_be_bytes(), index.saturating_add(1).to_be_bytes());
+        b.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            0u64.to_be_bytes(),
+            index.saturating_add(1).to_be_bytes(),
+        );
         self.db.write_opt(b, &Self::synced())?;
         Ok(())
     }
@@ -168,7 +188,8 @@ impl Store {
 
     /// Write a Raft metadata value, fsynced.
     pub fn raft_meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.db.put_cf_opt(self.cf(CF_RAFT_META), key, value, &Self::synced())?;
+        self.db
+            .put_cf_opt(self.cf(CF_RAFT_META), key, value, &Self::synced())?;
         Ok(())
     }
 
@@ -195,10 +216,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.log_last().unwrap(), None);
-        s.log_append((1..=10).map(|i| (i, vec![i as u8])).collect()).unwrap();
+        s.log_append((1..=10).map(|i| (i, vec![i as u8])).collect())
+            .unwrap();
         assert_eq!(s.log_first().unwrap().unwrap().0, 1);
         assert_eq!(s.log_last().unwrap().unwrap().0, 10);
-        let r: Vec<u64> = s.log_range(3, Some(6)).unwrap().into_iter().map(|x| x.0).collect();
+        let r: Vec<u64> = s
+            .log_range(3, Some(6))
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         assert_eq!(r, vec![3, 4, 5]);
         s.log_truncate_from(8).unwrap();
         assert_eq!(s.log_last().unwrap().unwrap().0, 7);
@@ -207,7 +234,12 @@ mod tests {
         // Survives reopening.
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        let r: Vec<u64> = s.log_range(0, None).unwrap().into_iter().map(|x| x.0).collect();
+        let r: Vec<u64> = s
+            .log_range(0, None)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         assert_eq!(r, vec![5, 6, 7]);
     }
 
@@ -218,7 +250,10 @@ mod tests {
         s.raft_meta_put("vote", b"v1").unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.raft_meta_get("vote").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(
+            s.raft_meta_get("vote").unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
         assert_eq!(s.raft_meta_get("none").unwrap(), None);
     }
 }

@@ -25,13 +25,18 @@ impl Store {
 
     /// Primary fingerprints of certificates carrying `term` in index `kind`, at most `limit`,
     /// in fingerprint order.
-    pub fn find(&self, kind: IndexKind, term: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub fn find(
+        &self,
+        kind: IndexKind,
+        term: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let prefix = kind.prefix(term);
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(kind.cf()), IteratorMode::From(&prefix, Direction::Forward))
-        {
+        for item in self.db.iterator_cf(
+            self.cf(kind.cf()),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (k, _) = item?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
@@ -54,7 +59,10 @@ impl Store {
     }
 
     /// Every stored record, in fingerprint order (for `keyraft export`).
-    pub fn for_each_cert(&self, mut f: impl FnMut(CertRecord) -> std::io::Result<()>) -> Result<(), StoreError> {
+    pub fn for_each_cert(
+        &self,
+        mut f: impl FnMut(CertRecord) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
         for item in self.db.iterator_cf(self.cf(CF_CERTS), IteratorMode::Start) {
             let (_, v) = item?;
             f(CertRecord::decode(&v)?)?;

@@ -101,7 +101,10 @@ impl CertRecord {
                 cf: "certs",
                 reason: e.to_string(),
             }),
-            Some(&v) => Err(StoreError::UnknownVersion { cf: "certs", version: v }),
+            Some(&v) => Err(StoreError::UnknownVersion {
+                cf: "certs",
+                version: v,
+            }),
             None => Err(StoreError::Corrupt {
                 cf: "certs",
                 reason: "empty value".into(),

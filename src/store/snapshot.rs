@@ -31,7 +31,10 @@ fn corrupt(reason: impl Into<String>) -> StoreError {
 
 impl Store {
     /// Write a point-in-time view of the state machine. Returns `sm_meta` as of that point.
-    pub fn snapshot_write(&self, out: &mut dyn Write) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    pub fn snapshot_write(
+        &self,
+        out: &mut dyn Write,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let snap = self.db.snapshot();
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
@@ -41,7 +44,11 @@ impl Store {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let pair = (key.clone(), serde_bytes::ByteBuf::from(v.to_vec()));
-            frame(out, b'M', &rmp_serde::to_vec(&pair).expect("pairs serialize"))?;
+            frame(
+                out,
+                b'M',
+                &rmp_serde::to_vec(&pair).expect("pairs serialize"),
+            )?;
             meta.insert(key, v.into_vec());
             frames += 1;
         }
@@ -52,8 +59,15 @@ impl Store {
         }
         for item in snap.iterator_cf(self.cf(CF_DEDUP), IteratorMode::Start) {
             let (k, v) = item?;
-            let pair = (serde_bytes::ByteBuf::from(k.to_vec()), serde_bytes::ByteBuf::from(v.to_vec()));
-            frame(out, b'D', &rmp_serde::to_vec(&pair).expect("pairs serialize"))?;
+            let pair = (
+                serde_bytes::ByteBuf::from(k.to_vec()),
+                serde_bytes::ByteBuf::from(v.to_vec()),
+            );
+            frame(
+                out,
+                b'D',
+                &rmp_serde::to_vec(&pair).expect("pairs serialize"),
+            )?;
             frames += 1;
         }
         frame(out, b'E', &frames.to_be_bytes())?;
@@ -88,7 +102,11 @@ impl Store {
                 b'M' | b'D' => {
                     let (k, v): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
                         rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
-                    let cf = if tag_len[0] == b'M' { CF_SM_META } else { CF_DEDUP };
+                    let cf = if tag_len[0] == b'M' {
+                        CF_SM_META
+                    } else {
+                        CF_DEDUP
+                    };
                     batch.put_cf(self.cf(cf), k, v);
                 }
                 b'C' => {
@@ -100,7 +118,9 @@ impl Store {
                     batch.put_cf(self.cf(CF_CERTS), &rec.fingerprint, &payload);
                 }
                 b'E' => {
-                    let n = u64::from_be_bytes(payload.try_into().map_err(|_| corrupt("bad end frame"))?);
+                    let n = u64::from_be_bytes(
+                        payload.try_into().map_err(|_| corrupt("bad end frame"))?,
+                    );
                     if n != frames {
                         return Err(corrupt(format!("{frames} frames, end frame says {n}")));
                     }
@@ -158,8 +178,14 @@ mod tests {
             .unwrap();
         other.commit().unwrap();
         bs.snapshot_install(&mut buf.as_slice()).unwrap();
-        assert!(bs.get_cert(&[8; 20]).unwrap().is_none(), "old state is gone");
-        assert_eq!(bs.find(IndexKind::Word, b"alice", 5).unwrap(), vec![vec![7; 20]]);
+        assert!(
+            bs.get_cert(&[8; 20]).unwrap().is_none(),
+            "old state is gone"
+        );
+        assert_eq!(
+            bs.find(IndexKind::Word, b"alice", 5).unwrap(),
+            vec![vec![7; 20]]
+        );
         assert!(bs.find(IndexKind::Word, b"bob", 5).unwrap().is_empty());
         assert_eq!(bs.cert_count().unwrap(), 1);
         assert!(bs.begin_apply().seen_request(99).unwrap());

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use actix_web::test as at;
 use keyraft::api::{self, ApiSettings, AppState, ServerSettings};
-use keyraft::raft::{Keyserver, KeyraftNode, RaftNode, RaftSettings};
+use keyraft::raft::{KeyraftNode, Keyserver, RaftNode, RaftSettings};
 use keyraft::store::Store;
-use sequoia_openpgp as openpgp;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;
+use sequoia_openpgp as openpgp;
 
 /// A node in process: store, Raft, Keyserver.
 pub struct InProcess {
@@ -22,9 +22,14 @@ pub struct InProcess {
 pub async fn in_process(max_body_bytes: usize) -> InProcess {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let raft = RaftNode::start(store.clone(), 1, KeyraftNode::default(), RaftSettings::default())
-        .await
-        .unwrap();
+    let raft = RaftNode::start(
+        store.clone(),
+        1,
+        KeyraftNode::default(),
+        RaftSettings::default(),
+    )
+    .await
+    .unwrap();
     assert!(raft.initialize_if_fresh().await.unwrap());
     for _ in 0..200 {
         if raft.has_leader_and_applied() {
@@ -32,7 +37,10 @@ pub async fn in_process(max_body_bytes: usize) -> InProcess {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(raft.has_leader_and_applied(), "one-member cluster elects itself");
+    assert!(
+        raft.has_leader_and_applied(),
+        "one-member cluster elects itself"
+    );
     let keys = Keyserver::new(raft, store, 1);
     let settings = ApiSettings {
         max_body_bytes,
@@ -48,7 +56,10 @@ pub async fn in_process(max_body_bytes: usize) -> InProcess {
 }
 
 pub fn gen(uid: &str) -> openpgp::Cert {
-    CertBuilder::general_purpose(Some(uid)).generate().unwrap().0
+    CertBuilder::general_purpose(Some(uid))
+        .generate()
+        .unwrap()
+        .0
 }
 
 /// gpg's form encoding: every byte that is not alphanumeric is %-escaped.
@@ -100,7 +111,12 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
     assert_eq!(String::from_utf8_lossy(&body), format!("new {fpr}\n"));
 
     eprintln!("--- again, sq style (raw '='), JSON answer: unchanged");
-    let sq_body = format!("keytext={}", String::from_utf8_lossy(&armored).replace('\n', "%0A").replace('+', "%2B"));
+    let sq_body = format!(
+        "keytext={}",
+        String::from_utf8_lossy(&armored)
+            .replace('\n', "%0A")
+            .replace('+', "%2B")
+    );
     let (s, ct, body) = call!(app, form_post(sq_body).uri("/pks/add?options=mr"));
     assert_eq!(s, 200);
     assert!(ct.starts_with("application/json"));
@@ -109,10 +125,20 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
     assert_eq!(v["keys"][0]["fingerprint"], fpr);
 
     eprintln!("--- op=get by fingerprint, long id, short id, subkey fingerprint");
-    let sub = cert.keys().subkeys().next().unwrap().key().fingerprint().to_hex();
+    let sub = cert
+        .keys()
+        .subkeys()
+        .next()
+        .unwrap()
+        .key()
+        .fingerprint()
+        .to_hex();
     let keyid = cert.keyid().to_hex();
     for search in [fpr.clone(), keyid.clone(), keyid[8..].to_string(), sub] {
-        let (s, ct, body) = call!(app, at::TestRequest::get().uri(&format!("/pks/lookup?op=get&options=mr&search=0x{search}")));
+        let (s, ct, body) = call!(
+            app,
+            at::TestRequest::get().uri(&format!("/pks/lookup?op=get&options=mr&search=0x{search}"))
+        );
         assert_eq!(s, 200, "search 0x{search}");
         assert_eq!(ct, "application/pgp-keys");
         let got = openpgp::Cert::from_bytes(&body).unwrap();
@@ -121,8 +147,17 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
     }
 
     eprintln!("--- op=index machine-readable, exact");
-    let created = cert.primary_key().key().creation_time().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=index&options=mr&search=jane+test@example.org"));
+    let created = cert
+        .primary_key()
+        .key()
+        .creation_time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (s, ct, body) = call!(
+        app,
+        at::TestRequest::get().uri("/pks/lookup?op=index&options=mr&search=jane+test@example.org")
+    );
     assert_eq!(s, 200);
     assert!(ct.starts_with("text/plain"));
     let text = String::from_utf8(body).unwrap();
@@ -134,23 +169,47 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
         .unwrap()
         .primary_key()
         .key_expiration_time()
-        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string())
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                .to_string()
+        })
         .unwrap_or_default();
     let algo = u8::from(cert.primary_key().key().pk_algo());
-    assert_eq!(lines[1], format!("pub:{fpr}:{algo}:256:{created}:{expires}:"));
-    assert!(lines[2].starts_with("uid:Jane Doe <jane+test@example.org>:"), "{}", lines[2]);
+    assert_eq!(
+        lines[1],
+        format!("pub:{fpr}:{algo}:256:{created}:{expires}:")
+    );
+    assert!(
+        lines[2].starts_with("uid:Jane Doe <jane+test@example.org>:"),
+        "{}",
+        lines[2]
+    );
     assert_eq!(lines.len(), 3);
 
     eprintln!("--- op=index by words, HTML; vindex HTML lists signatures; stats HTML and JSON");
-    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=index&search=jane%20doe"));
+    let (s, ct, body) = call!(
+        app,
+        at::TestRequest::get().uri("/pks/lookup?op=index&search=jane%20doe")
+    );
     assert_eq!(s, 200);
     assert!(ct.starts_with("text/html"));
     assert!(String::from_utf8_lossy(&body).contains(&fpr));
-    let (s, ct, body) = call!(app, at::TestRequest::get().uri(&format!("/pks/lookup?op=vindex&search=0x{fpr}")));
+    let (s, ct, body) = call!(
+        app,
+        at::TestRequest::get().uri(&format!("/pks/lookup?op=vindex&search=0x{fpr}"))
+    );
     assert_eq!(s, 200);
     assert!(ct.starts_with("text/html"));
-    assert!(String::from_utf8_lossy(&body).contains("sig  13"), "positive self-certification listed");
-    let (s, ct, body) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr"));
+    assert!(
+        String::from_utf8_lossy(&body).contains("sig  13"),
+        "positive self-certification listed"
+    );
+    let (s, ct, body) = call!(
+        app,
+        at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr")
+    );
     assert_eq!(s, 200);
     assert!(ct.starts_with("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -189,31 +248,80 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("truncated armor", form_post(gpg_form(&truncated)), 422),
         ("compression bomb", form_post(gpg_form(&bomb)), 422),
         ("missing keytext", form_post("text=abc".into()), 400),
-        ("invalid UTF-8 form", form_post(String::from_utf8_lossy(b"keytext=\xff").into_owned()).set_payload(&b"keytext=\xff\xfe"[..]), 400),
-        ("oversize body", form_post("keytext=".to_string() + &"A".repeat(300 << 10)), 413),
+        (
+            "invalid UTF-8 form",
+            form_post(String::from_utf8_lossy(b"keytext=\xff").into_owned())
+                .set_payload(&b"keytext=\xff\xfe"[..]),
+            400,
+        ),
+        (
+            "oversize body",
+            form_post("keytext=".to_string() + &"A".repeat(300 << 10)),
+            413,
+        ),
         ("GET /pks/add", at::TestRequest::get().uri("/pks/add"), 405),
         ("unknown path", at::TestRequest::get().uri("/nope"), 404),
-        ("unknown op", at::TestRequest::get().uri("/pks/lookup?op=frob&search=x"), 501),
-        ("missing op", at::TestRequest::get().uri("/pks/lookup?search=x"), 400),
-        ("missing search", at::TestRequest::get().uri("/pks/lookup?op=get"), 400),
-        ("bad key id", at::TestRequest::get().uri("/pks/lookup?op=get&search=0x12345"), 400),
-        ("invalid UTF-8 search", at::TestRequest::get().uri("/pks/lookup?op=index&search=%FF%FE"), 400),
-        ("very long search", at::TestRequest::get().uri(&format!("/pks/lookup?op=index&search={}", "a".repeat(5000))), 400),
-        ("nothing matches", at::TestRequest::get().uri("/pks/lookup?op=get&search=nobody@example.org"), 404),
-        ("unknown fingerprint", at::TestRequest::get().uri(&format!("/pks/lookup?op=get&search=0x{}", "0".repeat(40))), 404),
+        (
+            "unknown op",
+            at::TestRequest::get().uri("/pks/lookup?op=frob&search=x"),
+            501,
+        ),
+        (
+            "missing op",
+            at::TestRequest::get().uri("/pks/lookup?search=x"),
+            400,
+        ),
+        (
+            "missing search",
+            at::TestRequest::get().uri("/pks/lookup?op=get"),
+            400,
+        ),
+        (
+            "bad key id",
+            at::TestRequest::get().uri("/pks/lookup?op=get&search=0x12345"),
+            400,
+        ),
+        (
+            "invalid UTF-8 search",
+            at::TestRequest::get().uri("/pks/lookup?op=index&search=%FF%FE"),
+            400,
+        ),
+        (
+            "very long search",
+            at::TestRequest::get()
+                .uri(&format!("/pks/lookup?op=index&search={}", "a".repeat(5000))),
+            400,
+        ),
+        (
+            "nothing matches",
+            at::TestRequest::get().uri("/pks/lookup?op=get&search=nobody@example.org"),
+            404,
+        ),
+        (
+            "unknown fingerprint",
+            at::TestRequest::get().uri(&format!("/pks/lookup?op=get&search=0x{}", "0".repeat(40))),
+            404,
+        ),
     ];
     for (name, req, want) in cases {
         let (s, ct, body) = call!(app, req);
         let text = String::from_utf8_lossy(&body);
         assert_eq!(s, want, "{name}: {text}");
         assert!(ct.starts_with("text/plain"), "{name}: content type {ct}");
-        assert_eq!(text.lines().count(), 1, "{name}: one-line reason, got {text:?}");
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "{name}: one-line reason, got {text:?}"
+        );
         assert!(text.len() > 3, "{name}: a reason is given");
     }
     let (s, _, after) = call!(app, at::TestRequest::get().uri(&get));
     assert_eq!(s, 200);
     assert_eq!(before, after, "stored certificate unchanged");
-    let (_, _, stats) = call!(app, at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr"));
+    let (_, _, stats) = call!(
+        app,
+        at::TestRequest::get().uri("/pks/lookup?op=stats&options=mr")
+    );
     let v: serde_json::Value = serde_json::from_slice(&stats).unwrap();
     assert_eq!(v["certificates"], 1, "nothing else was stored");
 }
@@ -224,8 +332,14 @@ fn compression_bomb() -> Vec<u8> {
     use std::io::Write;
     let mut out = Vec::new();
     let m = Message::new(&mut out);
-    let m = Armorer::new(m).kind(openpgp::armor::Kind::PublicKey).build().unwrap();
-    let m = Compressor::new(m).algo(openpgp::types::CompressionAlgorithm::Zip).build().unwrap();
+    let m = Armorer::new(m)
+        .kind(openpgp::armor::Kind::PublicKey)
+        .build()
+        .unwrap();
+    let m = Compressor::new(m)
+        .algo(openpgp::types::CompressionAlgorithm::Zip)
+        .build()
+        .unwrap();
     let mut w = LiteralWriter::new(m).build().unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..64 {
@@ -271,17 +385,20 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
     .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.text());
     for target in [
-        "/pks/lookup?op=index&options=mr&fingerprint=on&search=Jane%20Roe%20<jane+x@example.org>".to_string(),
+        "/pks/lookup?op=index&options=mr&fingerprint=on&search=Jane%20Roe%20<jane+x@example.org>"
+            .to_string(),
         "/pks/lookup?op=index&options=mr&search=<jane+x@example.org>".to_string(),
         "/pks/lookup?op=get&options=mr&search=jane+x@example.org&exact=on".to_string(),
         "/pks/lookup?op=index&options=mr&search=jane#roe".to_string(),
         format!("/pks/lookup?op=get&search=0x{fpr}"),
     ] {
         let t = target.clone();
-        let resp = tokio::task::spawn_blocking(move || keyraft::client::request(addr, "GET", &t, &[], b"", Duration::from_secs(10)))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = tokio::task::spawn_blocking(move || {
+            keyraft::client::request(addr, "GET", &t, &[], b"", Duration::from_secs(10))
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(resp.status, 200, "{target}: {}", resp.text());
         if target.contains("op=index") {
             assert!(resp.text().contains(&fpr), "{target}: {}", resp.text());
