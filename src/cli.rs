@@ -114,7 +114,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(config: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.node.log));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let node = crate::node::Node::start(&config).await?;

@@ -106,11 +106,22 @@ impl Node {
         })
     }
 
-    /// Serve until the server stops (SIGINT/SIGTERM), then shut Raft down.
+    /// Serve until SIGINT or SIGTERM: stop accepting, let in-flight requests finish (bounded
+    /// by the write timeout), then shut Raft down.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.server.await?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = &mut server => { r??; }
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+            _ = term.recv() => info!("SIGTERM: stopping"),
+        }
+        handle.stop(true).await;
         info!("HTTP stopped; shutting Raft down");
         self.raft.shutdown().await;
+        info!("stopped");
         Ok(())
     }
 }
