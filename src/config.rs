@@ -222,7 +222,7 @@ impl Config {
             if let toml::Value::Table(t) = entry {
                 t.insert(field.clone(), value);
             }
-            overridden.push(format!("{k}"));
+            overridden.push(k);
         }
         let config: Config =
             toml::Value::Table(table)

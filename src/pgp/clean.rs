@@ -59,10 +59,10 @@ pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpE
                     kept.push(packet);
                 }
             }
-            Packet::Signature(ref sig) => {
-                if keep_signature(sig, &current, &primary, &primary_handle, limits) {
-                    kept.push(packet);
-                }
+            Packet::Signature(ref sig)
+                if keep_signature(sig, &current, &primary, &primary_handle, limits) =>
+            {
+                kept.push(packet);
             }
             _ => {}
         }

@@ -116,9 +116,7 @@ pub fn summarize(cert: &Cert, time: SystemTime) -> Summary {
     s.revoked = matches!(vc.revocation_status(), RevocationStatus::Revoked(_));
     for ua in cert.userids() {
         let valid = ua.clone().with_policy(&*POLICY, time).ok();
-        let binding = valid
-            .as_ref()
-            .and_then(|v| Some(v.binding_signature().clone()));
+        let binding = valid.as_ref().map(|v| v.binding_signature().clone());
         s.uids.push(UidSummary {
             uid: ua.userid().value().to_vec(),
             created: binding

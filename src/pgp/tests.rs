@@ -347,8 +347,8 @@ fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
                         Ok(clean) => {
                             let t = index_terms(&clean);
                             assert!(t.fingerprints.contains(&fpr));
-                            assert!(t.keyids64.contains(&fpr[12..].to_vec()));
-                            assert!(t.keyids32.contains(&fpr[16..].to_vec()));
+                            assert!(t.keyids64.contains(&fpr[12..]));
+                            assert!(t.keyids32.contains(&fpr[16..]));
                             let s = summarize(&clean, t0());
                             assert!(!s.uids.is_empty() || clean.userids().count() == 0);
                             accepted += 1;

@@ -14,7 +14,7 @@
 //!
 //! # Common operations
 //!
-//! ```ignore
+//! ```text
 //! let node = RaftNode::start(store, 1, me, RaftSettings::default()).await?;
 //! node.initialize_if_fresh().await?;          // bootstrap node only; no-op on restart
 //! let (response, index) = node.write(cmd).await?; // committed + applied here
