@@ -1,16 +1,9 @@
 //! Rendering lookup results: armored certificates, machine-readable index lines, HTML.
-use sequoia_openpgp::armor::{Kind, Writer};
-use std::io::Write;
-
 use crate::raft::{KeyView, Summary};
 
 /// ASCII-armor certificates (binary, concatenated) as one public key block.
 pub fn armor(keys: &[KeyView]) -> Vec<u8> {
-    let mut w = Writer::new(Vec::new(), Kind::PublicKey).expect("writing to a Vec");
-    for k in keys {
-        w.write_all(&k.cert).expect("writing to a Vec");
-    }
-    w.finalize().expect("writing to a Vec")
+    super::armor::armor_public_keys(keys.iter().map(|k| k.cert.as_slice()))
 }
 
 /// %-escape for `options=mr` fields: `:`, `%` and every byte that is not printable 7-bit

@@ -69,10 +69,15 @@ pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpE
     }
     let cert = Cert::from_packets(kept.into_iter())
         .map_err(|e| PgpError::Invalid(one_line(&e)))?
-        // A component whose every self-signature failed is unbound: drop it, so nobody can
-        // make a key findable under a user id its owner never signed.
-        .retain_userids(|ua| ua.self_signatures().next().is_some())
-        .retain_user_attributes(|ua| ua.self_signatures().next().is_some())
+        // A component without a verified self-signature is unbound: drop it, so nobody can
+        // make a key findable under a user id its owner never signed. One that only carries
+        // a verified self-revocation stays: clients must learn it is revoked.
+        .retain_userids(|ua| {
+            ua.self_signatures().next().is_some() || ua.self_revocations().next().is_some()
+        })
+        .retain_user_attributes(|ua| {
+            ua.self_signatures().next().is_some() || ua.self_revocations().next().is_some()
+        })
         .retain_subkeys(|ka| ka.self_signatures().next().is_some());
     let cert = shed(cert, limits)?;
     check_valid(&cert, time)?;

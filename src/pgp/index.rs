@@ -127,9 +127,10 @@ pub fn summarize(cert: &Cert, time: SystemTime) -> Summary {
                 .as_ref()
                 .and_then(|b| b.signature_expiration_time())
                 .map(secs),
-            revoked: valid
-                .as_ref()
-                .is_some_and(|v| matches!(v.revocation_status(), RevocationStatus::Revoked(_))),
+            revoked: match &valid {
+                Some(v) => matches!(v.revocation_status(), RevocationStatus::Revoked(_)),
+                None => ua.self_revocations().next().is_some(),
+            },
         });
     }
     s

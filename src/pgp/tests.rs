@@ -371,3 +371,43 @@ fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
         "accepted {accepted} of {total}: {rejected:?}"
     );
 }
+
+/// Revoked user ids in Debian's keyring carry only a revocation; they must stay (and be
+/// listed as revoked) so clients learn of the revocation.
+#[test]
+fn user_ids_with_only_a_self_revocation_are_kept_and_listed_revoked() {
+    let c = gen("Alice <alice@example.org>");
+    let uid = UserID::from("Old <old@example.org>");
+    let mut kp = c
+        .primary_key()
+        .key()
+        .clone()
+        .parts_into_secret()
+        .unwrap()
+        .into_keypair()
+        .unwrap();
+    let rev = UserIDRevocationBuilder::new()
+        .set_reason_for_revocation(
+            sequoia_openpgp::types::ReasonForRevocation::UIDRetired,
+            b"gone",
+        )
+        .unwrap()
+        .build(&mut kp, &c, &uid, None)
+        .unwrap();
+    let (with_rev, _) = c
+        .insert_packets(vec![Packet::from(uid), rev.into()])
+        .unwrap();
+    let cleaned = clean(with_rev, &Limits::default(), t0()).unwrap();
+    assert_eq!(cleaned.userids().count(), 2);
+    assert!(index_terms(&cleaned).emails.contains("old@example.org"));
+    let s = summarize(&cleaned, t0());
+    let old = s.uids.iter().find(|u| u.uid.starts_with(b"Old")).unwrap();
+    assert!(old.revoked);
+    assert!(
+        !s.uids
+            .iter()
+            .find(|u| u.uid.starts_with(b"Alice"))
+            .unwrap()
+            .revoked
+    );
+}

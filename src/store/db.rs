@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, WriteBatch, WriteOptions, DB,
 };
 
 use super::StoreError;
+
+/// Size of the block cache shared by the state-machine column families.
+pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
 
 pub(crate) const CF_CERTS: &str = "certs";
 pub(crate) const CF_DEDUP: &str = "dedup";
@@ -55,10 +58,17 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(5);
+        // One LRU cache of uncompressed blocks shared by the state-machine column families,
+        // so hot certificates are served without LZ4 decompression.
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
         let mut cfs: Vec<ColumnFamilyDescriptor> = SM_CFS
             .iter()
             .map(|name| {
                 let mut o = Options::default();
+                o.set_block_based_table_factory(&table);
                 o.set_compression_type(DBCompressionType::Lz4);
                 o.set_bottommost_compression_type(DBCompressionType::Zstd);
                 ColumnFamilyDescriptor::new(*name, o)

@@ -1,0 +1,104 @@
+//! ASCII armor for `op=get` answers (RFC 4880 §6): base64 in 64-column lines and a CRC-24
+//! checksum line. Written here, table-driven, because it is the hot path of every lookup:
+//! Sequoia's writer computes the CRC bit by bit, which cost more than everything else in an
+//! `op=get` (measured with perf; see docs/benchmarks.md).
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+const CRC24_INIT: u32 = 0x00B7_04CE;
+const CRC24_POLY: u32 = 0x0186_4CFB;
+
+const fn crc24_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u32) << 16;
+        let mut bit = 0;
+        while bit < 8 {
+            crc <<= 1;
+            if crc & 0x0100_0000 != 0 {
+                crc ^= CRC24_POLY;
+            }
+            bit += 1;
+        }
+        table[i] = crc & 0x00FF_FFFF;
+        i += 1;
+    }
+    table
+}
+
+static CRC24_TABLE: [u32; 256] = crc24_table();
+
+/// The OpenPGP CRC-24 of `data`.
+pub fn crc24(data: &[u8]) -> u32 {
+    data.iter().fold(CRC24_INIT, |crc, &b| {
+        ((crc << 8) ^ CRC24_TABLE[(((crc >> 16) as u8) ^ b) as usize]) & 0x00FF_FFFF
+    })
+}
+
+/// Armor concatenated binary certificates as one public key block.
+pub fn armor_public_keys<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut data = Vec::new();
+    for c in certs {
+        data.extend_from_slice(c);
+    }
+    let mut out = Vec::with_capacity(data.len() * 4 / 3 + data.len() / 48 + 128);
+    out.extend_from_slice(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n");
+    let mut line = [0u8; 64];
+    for chunk in data.chunks(48) {
+        let n = STANDARD
+            .encode_slice(chunk, &mut line)
+            .expect("64 bytes hold 48 encoded");
+        out.extend_from_slice(&line[..n]);
+        out.push(b'\n');
+    }
+    let crc = crc24(&data).to_be_bytes();
+    out.push(b'=');
+    let n = STANDARD
+        .encode_slice(&crc[1..], &mut line)
+        .expect("4 bytes hold 3 encoded");
+    out.extend_from_slice(&line[..n]);
+    out.extend_from_slice(b"\n-----END PGP PUBLIC KEY BLOCK-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sequoia_openpgp::armor::{Kind, Reader, ReaderMode};
+    use std::io::Read;
+
+    #[test]
+    fn crc24_matches_the_rfc_reference() {
+        // RFC 4880 §6.1: the CRC of no data is the initial value.
+        assert_eq!(crc24(b""), CRC24_INIT);
+        // Bitwise reference implementation from the RFC.
+        let reference = |data: &[u8]| {
+            let mut crc = CRC24_INIT;
+            for &b in data {
+                crc ^= (b as u32) << 16;
+                for _ in 0..8 {
+                    crc <<= 1;
+                    if crc & 0x0100_0000 != 0 {
+                        crc ^= CRC24_POLY;
+                    }
+                }
+            }
+            crc & 0x00FF_FFFF
+        };
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+        assert_eq!(crc24(&data), reference(&data));
+    }
+
+    #[test]
+    fn sequoia_reads_back_what_we_write() {
+        for len in [0usize, 1, 47, 48, 49, 1000, 31_337] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let armored = armor_public_keys([data.as_slice()]);
+            let mut r = Reader::from_bytes(&armored, ReaderMode::Tolerant(Some(Kind::PublicKey)));
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).unwrap();
+            assert_eq!(back, data, "length {len}");
+        }
+    }
+}
