@@ -1,2 +1,5 @@
-//! The one integration-test binary: real RocksDB, real Raft, real sockets, real gpg.
+//! The one integration-test binary: real RocksDB, real Raft, real sockets, real gpg and sq.
+mod common;
+mod durability;
+mod gpg_e2e;
 mod http_api;
