@@ -14,8 +14,23 @@ pub async fn lookup(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    answer(&state, parse_lookup(req.query_string())?)
+    let q = parse_lookup(req.query_string())?;
+    let raft = state.keys.raft();
+    if let Some(index) = q.min_index {
+        raft.wait_applied(index, MAX_READ_WAIT).await.map_err(|_| {
+            ApiError::Unavailable(format!(
+                "log index {index} not applied on this node in time"
+            ))
+        })?;
+    }
+    if q.linearizable {
+        raft.ensure_linearizable().await?;
+    }
+    answer(&state, q)
 }
+
+/// Longest a read waits for `min_index`.
+const MAX_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn now() -> u64 {
     SystemTime::now()

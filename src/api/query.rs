@@ -31,6 +31,11 @@ pub struct LookupQuery {
     pub exact: bool,
     /// `fingerprint=on` (always honoured: full fingerprints are listed).
     pub fingerprint: bool,
+    /// `consistency=linearizable`: confirm with the leader (ReadIndex) before reading locally.
+    pub linearizable: bool,
+    /// `min_index=N`: wait (bounded) until this node has applied log index N, e.g. the index a
+    /// write returned in `X-Keyraft-Log-Index`.
+    pub min_index: Option<u64>,
 }
 
 /// Percent-decode (no `+` rewriting).
@@ -76,6 +81,7 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
     let mut op = None;
     let mut search = None;
     let (mut mr, mut exact, mut fingerprint) = (false, false, false);
+    let (mut linearizable, mut min_index) = (false, None);
     for (k, v) in pairs(raw) {
         match k.as_str() {
             "op" => op = Some(String::from_utf8_lossy(&v).to_ascii_lowercase()),
@@ -87,6 +93,23 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
             }
             "exact" => exact = is_on(&v),
             "fingerprint" => fingerprint = is_on(&v),
+            "consistency" => {
+                linearizable = match v.as_slice() {
+                    b"linearizable" => true,
+                    b"local" => false,
+                    _ => {
+                        return Err(ApiError::BadRequest(
+                            "consistency is \"local\" or \"linearizable\"".into(),
+                        ))
+                    }
+                }
+            }
+            "min_index" => {
+                let n = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
+                min_index = Some(
+                    n.ok_or_else(|| ApiError::BadRequest("min_index is not a number".into()))?,
+                );
+            }
             _ => {}
         }
     }
@@ -109,6 +132,8 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
         mr,
         exact,
         fingerprint,
+        linearizable,
+        min_index,
     })
 }
 
@@ -235,6 +260,21 @@ mod tests {
             parse_lookup("op=stats&options=mr").unwrap().op,
             LookupOp::Stats
         );
+    }
+
+    #[test]
+    fn read_consistency_options() {
+        let q =
+            parse_lookup("op=get&search=0xDEADBEEF&consistency=linearizable&min_index=42").unwrap();
+        assert!(q.linearizable);
+        assert_eq!(q.min_index, Some(42));
+        assert!(
+            !parse_lookup("op=get&search=0xDEADBEEF")
+                .unwrap()
+                .linearizable
+        );
+        assert!(parse_lookup("op=get&search=0xDEADBEEF&consistency=eventual").is_err());
+        assert!(parse_lookup("op=get&search=0xDEADBEEF&min_index=x").is_err());
     }
 
     #[test]

@@ -406,3 +406,44 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
     }
     handle.stop(false).await;
 }
+
+/// Writes return their log index; a read can wait for it (`min_index`) or confirm with the
+/// leader first (`consistency=linearizable`); a wait that cannot finish answers 503 in bounded
+/// time.
+#[actix_web::test]
+async fn reads_can_wait_for_a_write_index_or_be_linearizable() {
+    let n = in_process(1 << 20).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let cert = gen("Lin <lin@example.org>");
+    let resp = at::call_service(
+        &app,
+        form_post(gpg_form(&cert.armored().to_vec().unwrap())).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let index: u64 = resp
+        .headers()
+        .get("x-keyraft-log-index")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(index > 0);
+    let fpr = cert.fingerprint().to_hex();
+    let (s, _, _) = call!(
+        app,
+        at::TestRequest::get().uri(&format!(
+            "/pks/lookup?op=get&search=0x{fpr}&min_index={index}&consistency=linearizable"
+        ))
+    );
+    assert_eq!(s, 200);
+    let (s, _, body) = call!(
+        app,
+        at::TestRequest::get().uri(&format!(
+            "/pks/lookup?op=get&search=0x{fpr}&min_index={}",
+            index + 1000
+        ))
+    );
+    assert_eq!(s, 503, "{}", String::from_utf8_lossy(&body));
+}
