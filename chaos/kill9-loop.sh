@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Chaos for a single node: submit Debian certificates one by one while killing the node with
-# SIGKILL (by the PID this script started) every few seconds, restarting it each time. At the
+# SIGKILL (by the PID this script started) every 0.7 s, restarting it each time. At the
 # end, every certificate whose submission was acknowledged (HTTP 200) must be served.
 # Usage: chaos/kill9-loop.sh [ROUNDS=5]. Bounded: ROUNDS kills, then it stops by itself.
 set -euo pipefail
@@ -36,7 +36,7 @@ for fpr, cert in split_keyring(open("/usr/share/keyrings/debian-keyring.gpg", "r
 PY
 writer=$!
 for r in $(seq 1 "$rounds"); do
-  sleep 3
+  sleep 0.7
   echo "--- round $r: kill -9 $pid"
   kill -9 "$pid"; wait "$pid" 2>/dev/null || true
   start
