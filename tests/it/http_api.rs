@@ -404,6 +404,22 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
             assert!(resp.text().contains(&fpr), "{target}: {}", resp.text());
         }
     }
+    eprintln!("--- HTTP/1.1 keep-alive: two requests on one connection, raw '<' in the second");
+    let t2 = format!("GET /pks/lookup?op=index&options=mr&search=<jane+x@example.org> HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let two = format!("GET /pks/lookup?op=get&search=0x{fpr} HTTP/1.1\r\nHost: x\r\n\r\n{t2}");
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(two.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(text.contains("BEGIN PGP PUBLIC KEY BLOCK") && text.contains(&format!("pub:{fpr}")));
     handle.stop(false).await;
 }
 
