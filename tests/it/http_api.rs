@@ -405,7 +405,7 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
         }
     }
     eprintln!("--- HTTP/1.1 keep-alive: two requests on one connection, raw '<' in the second");
-    let t2 = format!("GET /pks/lookup?op=index&options=mr&search=<jane+x@example.org> HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let t2 = "GET /pks/lookup?op=index&options=mr&search=<jane+x@example.org> HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let two = format!("GET /pks/lookup?op=get&search=0x{fpr} HTTP/1.1\r\nHost: x\r\n\r\n{t2}");
     let text = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
