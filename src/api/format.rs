@@ -1,10 +1,5 @@
 //! Rendering lookup results: armored certificates, machine-readable index lines, HTML.
-use crate::raft::{KeyView, Summary};
-
-/// ASCII-armor certificates (binary, concatenated) as one public key block.
-pub fn armor(keys: &[KeyView]) -> Vec<u8> {
-    super::armor::armor_public_keys(keys.iter().map(|k| k.cert.as_slice()))
-}
+use crate::raft::Summary;
 
 /// %-escape for `options=mr` fields: `:`, `%` and every byte that is not printable 7-bit
 /// ASCII (what gpg decodes).

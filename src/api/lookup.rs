@@ -44,14 +44,29 @@ fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse
         return stats(state, q.mr);
     }
     let search = q.search.expect("parser requires search for this op");
-    let keys = state.keys.find(&search, state.settings.result_limit)?;
+    let limit = state.settings.result_limit;
+    if q.op == LookupOp::Get {
+        let mut blocks = state.keys.find_armored(&search, limit)?;
+        let body = match blocks.len() {
+            0 => return Err(ApiError::NotFound("no key matches the search".into())),
+            // The common case: the stored armored form, sent as is.
+            1 => blocks.pop().expect("one block"),
+            // Several matches: one armor block holding all of them, since not every client
+            // reads past the first block.
+            _ => {
+                let keys = state.keys.find(&search, limit)?;
+                crate::raft::armor_public_keys(keys.iter().map(|k| k.cert.as_slice()))
+            }
+        };
+        return Ok(HttpResponse::Ok()
+            .content_type("application/pgp-keys")
+            .body(body));
+    }
+    let keys = state.keys.find(&search, limit)?;
     if keys.is_empty() {
         return Err(ApiError::NotFound("no key matches the search".into()));
     }
     match q.op {
-        LookupOp::Get => Ok(HttpResponse::Ok()
-            .content_type("application/pgp-keys")
-            .body(format::armor(&keys))),
         LookupOp::Index | LookupOp::Vindex => {
             let summaries: Vec<_> = keys.iter().map(|k| &k.summary).collect();
             if q.mr {
@@ -73,7 +88,7 @@ fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse
                     now(),
                 )))
         }
-        LookupOp::Stats => unreachable!("handled above"),
+        LookupOp::Stats | LookupOp::Get => unreachable!("handled above"),
     }
 }
 

@@ -4,7 +4,6 @@
 //! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
 //! in-process tests. Status codes come from one place, [`error::ApiError`].
 pub mod add;
-pub mod armor;
 pub mod error;
 pub mod format;
 pub mod health;

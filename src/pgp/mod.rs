@@ -9,6 +9,7 @@
 //! - [`clean`]: verify self-signatures, drop junk, apply the flooding defence, check validity.
 //! - [`merge`]: union of a stored and an incoming certificate, deterministic.
 //! - [`index_terms`] and [`summarize`]: what the store indexes and what `op=index` lists.
+mod armor;
 mod clean;
 mod index;
 mod limits;
@@ -17,6 +18,7 @@ mod parse;
 mod split;
 mod types;
 
+pub use armor::{armor_public_keys, crc24};
 pub use clean::{clean, shed};
 pub use index::{
     index_terms, summarize, vindex_sigs, words, IndexTerms, SigLine, Summary, UidSummary,

@@ -84,6 +84,7 @@ fn apply_submit(
         };
     let summary = pgp::summarize(&cert, UNIX_EPOCH + Duration::from_secs(time));
     let created_at = stored.as_ref().map_or(time, |r| r.created_at);
+    batch.put_rendered(&fpr, pgp::armor_public_keys([merged.as_slice()]));
     batch.put_cert(CertRecord {
         fingerprint: fpr,
         cert: merged,

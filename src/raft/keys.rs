@@ -14,7 +14,7 @@ use super::{RaftError, RaftNode};
 use crate::pgp::{self, Limits, Parsed, PgpError};
 use crate::store::{CertRecord, IndexKind, Store, StoreStats};
 
-pub use crate::pgp::{Summary, UidSummary};
+pub use crate::pgp::{armor_public_keys, Summary, UidSummary};
 
 /// What one search looks for. Built by the HKP query parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,17 +152,22 @@ impl Keyserver {
         Ok(resp.outcomes.into_iter().map(item_report).collect())
     }
 
-    /// Certificates matching `search`, at most `limit`, from the local replica.
-    pub fn find(&self, search: &Search, limit: usize) -> Result<Vec<KeyView>, RaftError> {
-        let fprs = match search {
-            Search::Fingerprint(f) => self.store.find(IndexKind::Fingerprint, f, limit)?,
-            Search::KeyId64(k) => self.store.find(IndexKind::KeyId64, k, limit)?,
-            Search::KeyId32(k) => self.store.find(IndexKind::KeyId32, k, limit)?,
-            Search::Email(e) => self.store.find(IndexKind::Email, e.as_bytes(), limit)?,
+    /// Primary fingerprints matching `search`, at most `limit`, from the local replica.
+    fn fingerprints(&self, search: &Search, limit: usize) -> Result<Vec<Vec<u8>>, RaftError> {
+        let (kind, term) = match search {
+            Search::Fingerprint(f) => (IndexKind::Fingerprint, f.as_slice()),
+            Search::KeyId64(k) => (IndexKind::KeyId64, k.as_slice()),
+            Search::KeyId32(k) => (IndexKind::KeyId32, k.as_slice()),
+            Search::Email(e) => (IndexKind::Email, e.as_bytes()),
             Search::Words(words) => return self.find_words(words, limit),
         };
-        let mut out = Vec::with_capacity(fprs.len());
-        for f in fprs {
+        Ok(self.store.find(kind, term, limit)?)
+    }
+
+    /// Certificates matching `search`, at most `limit`, from the local replica.
+    pub fn find(&self, search: &Search, limit: usize) -> Result<Vec<KeyView>, RaftError> {
+        let mut out = Vec::new();
+        for f in self.fingerprints(search, limit)? {
             if let Some(r) = self.store.get_cert(&f)? {
                 out.push(view(r)?);
             }
@@ -170,7 +175,20 @@ impl Keyserver {
         Ok(out)
     }
 
-    fn find_words(&self, words: &[String], limit: usize) -> Result<Vec<KeyView>, RaftError> {
+    /// The stored armored form of each certificate matching `search` (what `op=get` sends:
+    /// no encoding on the read path), at most `limit`.
+    pub fn find_armored(&self, search: &Search, limit: usize) -> Result<Vec<Vec<u8>>, RaftError> {
+        let mut out = Vec::new();
+        for f in self.fingerprints(search, limit)? {
+            if let Some(a) = self.store.get_rendered(&f)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fingerprints of certificates whose user ids contain every word.
+    fn find_words(&self, words: &[String], limit: usize) -> Result<Vec<Vec<u8>>, RaftError> {
         let Some(first) = words.first() else {
             return Ok(Vec::new());
         };
@@ -188,7 +206,7 @@ impl Keyserver {
                     .any(|(k, t)| *k == IndexKind::Word && t == w.as_bytes())
             });
             if all {
-                out.push(view(r)?);
+                out.push(f);
             }
         }
         Ok(out)

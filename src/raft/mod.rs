@@ -43,8 +43,8 @@ pub mod wire;
 pub use command::{Command, Response};
 pub use error::RaftError;
 pub use keys::{
-    search_email, search_words, vindex_sigs, ItemReport, KeyView, Keyserver, Search, SigLine,
-    Status, SubmitError, Summary, UidSummary,
+    armor_public_keys, search_email, search_words, vindex_sigs, ItemReport, KeyView, Keyserver,
+    Search, SigLine, Status, SubmitError, Summary, UidSummary,
 };
 pub use raft_node::RaftNode;
 pub use settings::RaftSettings;

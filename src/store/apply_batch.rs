@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use super::db::{CF_CERTS, CF_DEDUP, CF_SM_META};
+use super::db::{CF_CERTS, CF_DEDUP, CF_RENDERED, CF_SM_META};
 use super::record::{CertRecord, IndexKind};
 use super::{Store, StoreError};
 
@@ -62,7 +62,14 @@ impl ApplyBatch {
         Ok(())
     }
 
-    /// Remove a certificate and its index entries. Returns whether it existed.
+    /// Store the rendered (armored) form of the certificate under `fingerprint`, which reads
+    /// serve as is. Written with the record, in the same batch.
+    pub fn put_rendered(&mut self, fingerprint: &[u8], rendered: Vec<u8>) {
+        self.batch
+            .put_cf(self.store.cf(CF_RENDERED), fingerprint, rendered);
+    }
+
+    /// Remove a certificate, its rendered form and its index entries. Returns whether it existed.
     pub fn delete_cert(&mut self, fingerprint: &[u8]) -> Result<bool, StoreError> {
         let Some(old) = self.get_cert(fingerprint)? else {
             return Ok(false);
@@ -70,6 +77,8 @@ impl ApplyBatch {
         self.reindex(fingerprint, &old.terms, &[]);
         self.count_delta -= 1;
         self.batch.delete_cf(self.store.cf(CF_CERTS), fingerprint);
+        self.batch
+            .delete_cf(self.store.cf(CF_RENDERED), fingerprint);
         self.certs.insert(fingerprint.to_vec(), None);
         Ok(true)
     }

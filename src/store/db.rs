@@ -20,13 +20,15 @@ pub const BLOCK_CACHE_BYTES: usize = 256 << 20;
 
 pub(crate) const CF_CERTS: &str = "certs";
 pub(crate) const CF_DEDUP: &str = "dedup";
+pub(crate) const CF_RENDERED: &str = "rendered";
 pub(crate) const CF_RAFT_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// Column families holding state-machine data (replaced wholesale by a snapshot install).
-pub(crate) const SM_CFS: [&str; 8] = [
+pub(crate) const SM_CFS: [&str; 9] = [
     CF_CERTS,
+    CF_RENDERED,
     "idx_fpr",
     "idx_keyid64",
     "idx_keyid32",

@@ -1,7 +1,7 @@
 //! Read paths over the state machine: certificate by fingerprint, index prefix scans, stats.
 use rocksdb::{Direction, IteratorMode};
 
-use super::db::CF_CERTS;
+use super::db::{CF_CERTS, CF_RENDERED};
 use super::record::{CertRecord, IndexKind};
 use super::{Store, StoreError};
 
@@ -21,6 +21,11 @@ impl Store {
             Some(v) => Ok(Some(CertRecord::decode(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// The rendered (armored) form stored with a certificate.
+    pub fn get_rendered(&self, fingerprint: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_RENDERED), fingerprint)?)
     }
 
     /// Primary fingerprints of certificates carrying `term` in index `kind`, at most `limit`,

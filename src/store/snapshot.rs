@@ -2,14 +2,15 @@
 //!
 //! Format (version 1): the magic `KEYRAFT-SNAP` and a version byte, then frames of
 //! `[tag: u8][len: u32 BE][payload]`: `M` a MessagePack `(key, value)` of `sm_meta`, `C` an
-//! encoded [`CertRecord`], `D` a MessagePack `(key, value)` of the dedup table, and `E` the
+//! encoded [`CertRecord`], `R` a MessagePack `(fingerprint, rendered form)`, `D` a MessagePack
+//! `(key, value)` of the dedup table, and `E` the
 //! frame count as u64 BE. Indexes are not shipped: they are rebuilt from each record's terms.
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::db::{CF_CERTS, CF_DEDUP, CF_SM_META, SM_CFS};
+use super::db::{CF_CERTS, CF_DEDUP, CF_RENDERED, CF_SM_META, SM_CFS};
 use super::record::CertRecord;
 use super::{Store, StoreError};
 
@@ -57,18 +58,20 @@ impl Store {
             frame(out, b'C', &v)?;
             frames += 1;
         }
-        for item in snap.iterator_cf(self.cf(CF_DEDUP), IteratorMode::Start) {
-            let (k, v) = item?;
-            let pair = (
-                serde_bytes::ByteBuf::from(k.to_vec()),
-                serde_bytes::ByteBuf::from(v.to_vec()),
-            );
-            frame(
-                out,
-                b'D',
-                &rmp_serde::to_vec(&pair).expect("pairs serialize"),
-            )?;
-            frames += 1;
+        for (tag, cf) in [(b'R', CF_RENDERED), (b'D', CF_DEDUP)] {
+            for item in snap.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, v) = item?;
+                let pair = (
+                    serde_bytes::ByteBuf::from(k.to_vec()),
+                    serde_bytes::ByteBuf::from(v.to_vec()),
+                );
+                frame(
+                    out,
+                    tag,
+                    &rmp_serde::to_vec(&pair).expect("pairs serialize"),
+                )?;
+                frames += 1;
+            }
         }
         frame(out, b'E', &frames.to_be_bytes())?;
         out.flush()?;
@@ -99,13 +102,13 @@ impl Store {
             let mut payload = vec![0u8; len];
             input.read_exact(&mut payload)?;
             match tag_len[0] {
-                b'M' | b'D' => {
+                b'M' | b'D' | b'R' => {
                     let (k, v): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
                         rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
-                    let cf = if tag_len[0] == b'M' {
-                        CF_SM_META
-                    } else {
-                        CF_DEDUP
+                    let cf = match tag_len[0] {
+                        b'M' => CF_SM_META,
+                        b'D' => CF_DEDUP,
+                        _ => CF_RENDERED,
                     };
                     batch.put_cf(self.cf(cf), k, v);
                 }
@@ -155,6 +158,7 @@ mod tests {
             updated_index: 3,
         })
         .unwrap();
+        b.put_rendered(&[7; 20], b"armored".to_vec());
         b.set_sm_meta("last_applied", vec![3]);
         b.record_request(99, 3).unwrap();
         b.commit().unwrap();
@@ -189,6 +193,10 @@ mod tests {
         assert!(bs.find(IndexKind::Word, b"bob", 5).unwrap().is_empty());
         assert_eq!(bs.cert_count().unwrap(), 1);
         assert!(bs.begin_apply().seen_request(99).unwrap());
+        assert_eq!(
+            bs.get_rendered(&[7; 20]).unwrap().as_deref(),
+            Some(&b"armored"[..])
+        );
     }
 
     #[test]

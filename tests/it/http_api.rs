@@ -463,3 +463,34 @@ async fn reads_can_wait_for_a_write_index_or_be_linearizable() {
     );
     assert_eq!(s, 503, "{}", String::from_utf8_lossy(&body));
 }
+
+/// Several matches for one `op=get` come back as one armor block holding all of them.
+#[actix_web::test]
+async fn get_with_several_matches_returns_every_certificate_in_one_block() {
+    let n = in_process(1 << 20).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let (a, b) = (gen("A <shared@example.org>"), gen("B <shared@example.org>"));
+    for c in [&a, &b] {
+        let (s, _, _) = call!(app, form_post(gpg_form(&c.armored().to_vec().unwrap())));
+        assert_eq!(s, 200);
+    }
+    let (s, _, body) = call!(
+        app,
+        at::TestRequest::get().uri("/pks/lookup?op=get&search=shared@example.org")
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body)
+            .matches("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+            .count(),
+        1
+    );
+    let mut got: Vec<String> = openpgp::cert::CertParser::from_bytes(&body)
+        .unwrap()
+        .map(|c| c.unwrap().fingerprint().to_hex())
+        .collect();
+    got.sort();
+    let mut want = vec![a.fingerprint().to_hex(), b.fingerprint().to_hex()];
+    want.sort();
+    assert_eq!(got, want);
+}

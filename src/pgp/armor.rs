@@ -1,7 +1,8 @@
-//! ASCII armor for `op=get` answers (RFC 4880 §6): base64 in 64-column lines and a CRC-24
-//! checksum line. Written here, with a slicing-by-8 CRC, because it is the hot path of every lookup:
-//! Sequoia's writer computes the CRC bit by bit, which cost more than everything else in an
-//! `op=get` (measured with perf; see docs/benchmarks.md).
+//! ASCII armor of public certificates (RFC 4880 §6): base64 in 64-column lines and a CRC-24
+//! checksum line. Apply stores each certificate's armored form, so `op=get` sends stored bytes.
+//! Written here, with a slicing-by-8 CRC, because Sequoia's writer computes the CRC bit by bit,
+//! which cost more than everything else in an `op=get` (measured with perf; see
+//! docs/benchmarks.md). Pure: no I/O.
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
