@@ -26,6 +26,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: HKP (and hkps) listeners over a Raft-replicated RocksDB store. A node with
@@ -49,6 +51,24 @@ pub enum Command {
         /// PEM private key for hkps (overrides hkp.tls_key).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// This node's unique name (overrides cluster.name; default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Node-to-node gRPC listener (overrides cluster.raft_listen).
+        #[arg(long)]
+        raft_listen: Option<SocketAddr>,
+        /// Address peers use to reach the gRPC listener (overrides cluster.advertise).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// gRPC addresses of members to join on first start, comma-separated (overrides cluster.join).
+        #[arg(long, value_delimiter = ',')]
+        join: Vec<String>,
+        /// File with the cluster secret (overrides cluster.secret_file).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Node-to-node traffic without TLS: local experiments only (mTLS is not implemented yet).
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
     /// Bulk-load keyring dumps (binary or armored) into a running node through /pks/add, in
     /// batches, with a progress bar and a summary of new/updated/unchanged/rejected.
@@ -91,6 +111,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tls_listen,
             tls_cert,
             tls_key,
+            name,
+            raft_listen,
+            advertise,
+            join,
+            secret_file,
+            insecure_plaintext,
         } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             c.node.data_dir = data_dir.unwrap_or(c.node.data_dir);
@@ -98,6 +124,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             c.hkp.tls_listen = tls_listen.or(c.hkp.tls_listen);
             c.hkp.tls_cert = tls_cert.or(c.hkp.tls_cert);
             c.hkp.tls_key = tls_key.or(c.hkp.tls_key);
+            c.cluster.name = name.unwrap_or(c.cluster.name);
+            c.cluster.raft_listen = raft_listen.or(c.cluster.raft_listen);
+            c.cluster.advertise = advertise.or(c.cluster.advertise);
+            if !join.is_empty() {
+                c.cluster.join = join;
+            }
+            c.cluster.secret_file = secret_file.or(c.cluster.secret_file);
+            c.cluster.insecure_plaintext |= insecure_plaintext;
+            c.validate()?;
             serve(c)
         }
         Command::Import {

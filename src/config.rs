@@ -27,6 +27,43 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Raft timing, snapshots and log compaction.
     pub raft: RaftConfig,
+    /// Clustering: this node's name, its node-to-node listener, whom to join.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The operator's unique name for this node (empty: the host name).
+    pub name: String,
+    /// Node-to-node (gRPC) listener. Unset: a single-node cluster without one.
+    pub raft_listen: Option<SocketAddr>,
+    /// The address other nodes use to reach `raft_listen` (default: `raft_listen`).
+    pub advertise: Option<String>,
+    /// Node-to-node addresses of existing members to join on first start. Empty: bootstrap.
+    pub join: Vec<String>,
+    /// File holding the cluster secret joiners must present (and this node presents).
+    pub secret_file: Option<PathBuf>,
+    /// Node-to-node traffic without TLS. Required for now (mTLS is not implemented); local
+    /// experiments only.
+    pub insecure_plaintext: bool,
+    /// Most voters; further nodes stay learners and serve reads.
+    pub max_voters: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: String::new(),
+            raft_listen: None,
+            advertise: None,
+            join: Vec::new(),
+            secret_file: None,
+            insecure_plaintext: false,
+            max_voters: 5,
+        }
+    }
 }
 
 /// `[node]`
@@ -239,7 +276,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Check cross-field rules (also after command-line overrides).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.to_limits()?;
         if self.hkp.tls_listen.is_some()
             && (self.hkp.tls_cert.is_none() || self.hkp.tls_key.is_none())
@@ -253,6 +291,16 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms".into(),
+            ));
+        }
+        if self.cluster.raft_listen.is_some() && !self.cluster.insecure_plaintext {
+            return Err(ConfigError::Invalid(
+                "cluster.raft_listen needs mTLS, which keyraft does not implement yet; set cluster.insecure_plaintext = true (--insecure-plaintext) for local experiments".into(),
+            ));
+        }
+        if !self.cluster.join.is_empty() && self.cluster.raft_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "cluster.join needs cluster.raft_listen".into(),
             ));
         }
         if self.hkp.result_limit == 0 || self.hkp.max_body_bytes == 0 {

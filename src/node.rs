@@ -9,7 +9,9 @@ use tracing::info;
 use crate::api::{self, ApiSettings, AppState, ServerSettings};
 use crate::config::Config;
 use crate::raft::{KeyraftNode, Keyserver, RaftNode, RaftSettings};
+use crate::rpc::{self, client::GrpcTransport, proto::JoinRequest, server::JoinPolicy};
 use crate::store::Store;
+use std::sync::Arc;
 
 const NODE_ID_KEY: &str = "node_id";
 
@@ -39,6 +41,7 @@ pub struct Node {
     pub raft: RaftNode,
     pub server: actix_server::Server,
     pub addrs: Vec<std::net::SocketAddr>,
+    rpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -48,9 +51,33 @@ impl Node {
             format!("opening data directory {}", config.node.data_dir.display())
         })?;
         let id = node_id(&store)?;
+        let cluster = &config.cluster;
+        let listener = match cluster.raft_listen {
+            Some(addr) => {
+                tracing::warn!(
+                    "INSECURE: node-to-node traffic on {addr} is plaintext and unauthenticated \
+                     (--insecure-plaintext); use only for local experiments"
+                );
+                Some(
+                    rpc::server::bind(addr)
+                        .await
+                        .with_context(|| format!("listening on {addr}"))?,
+                )
+            }
+            None => None,
+        };
+        let raft_addr = match (&cluster.advertise, &listener) {
+            (Some(a), _) => a.clone(),
+            (None, Some(l)) => l.local_addr()?.to_string(),
+            (None, None) => String::new(),
+        };
         let me = KeyraftNode {
-            name: hostname(),
-            raft_addr: String::new(),
+            name: if cluster.name.is_empty() {
+                hostname()
+            } else {
+                cluster.name.clone()
+            },
+            raft_addr,
             http_addr: config.hkp.listen.to_string(),
         };
         let settings = RaftSettings {
@@ -61,13 +88,57 @@ impl Node {
             max_in_snapshot_log_to_keep: config.raft.keep_logs,
             ..RaftSettings::default()
         };
-        let raft = RaftNode::start(store.clone(), id, me, settings).await?;
-        if raft.initialize_if_fresh().await? {
-            info!(node_id = id, "initialised a new one-member cluster");
-        } else {
+        let secret = match &cluster.secret_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading the cluster secret {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let (raft, keys, rpc_stop) = match listener {
+            None => {
+                let raft = RaftNode::start(store.clone(), id, me.clone(), settings).await?;
+                let keys = Keyserver::new(raft.clone(), store, id);
+                (raft, keys, None)
+            }
+            Some(listener) => {
+                let raft = RaftNode::start_with_transport(
+                    store.clone(),
+                    id,
+                    me.clone(),
+                    settings,
+                    GrpcTransport::new(),
+                )
+                .await?;
+                let keys = Keyserver::new(raft.clone(), store, id)
+                    .with_forwarder(Arc::new(GrpcTransport::new()));
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let policy = JoinPolicy {
+                    secret: secret.clone(),
+                    max_voters: cluster.max_voters,
+                };
+                let server = rpc::server::serve(keys.clone(), policy, listener, async {
+                    let _ = stopped.await;
+                });
+                tokio::spawn(async move {
+                    if let Err(e) = server.await {
+                        tracing::error!(error = %e, "gRPC server stopped");
+                    }
+                });
+                (raft, keys, Some(stop))
+            }
+        };
+        if !raft.members().is_empty() {
             info!(node_id = id, "restarted with existing Raft state");
+        } else if cluster.join.is_empty() {
+            if raft.initialize_if_fresh().await? {
+                info!(node_id = id, "initialised a new one-member cluster");
+            }
+        } else {
+            join(&raft, &me, &cluster.join, secret.unwrap_or_default()).await?;
         }
-        let keys = Keyserver::new(raft.clone(), store, id);
         let state = AppState {
             keys: keys.clone(),
             settings: std::sync::Arc::new(ApiSettings {
@@ -103,6 +174,7 @@ impl Node {
             raft,
             server,
             addrs,
+            rpc_stop,
         })
     }
 
@@ -119,11 +191,63 @@ impl Node {
             _ = term.recv() => info!("SIGTERM: stopping"),
         }
         handle.stop(true).await;
+        if let Some(stop) = self.rpc_stop {
+            let _ = stop.send(());
+        }
         info!("HTTP stopped; shutting Raft down");
         self.raft.shutdown().await;
         info!("stopped");
         Ok(())
     }
+}
+
+/// Ask the members in `seeds` (following "not the leader" answers to the leader) to add this
+/// node; bounded: two minutes of attempts.
+async fn join(
+    raft: &RaftNode,
+    me: &KeyraftNode,
+    seeds: &[String],
+    secret: String,
+) -> anyhow::Result<()> {
+    let transport = GrpcTransport::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut targets: Vec<String> = seeds.to_vec();
+    let mut last = String::from("no member answered");
+    while tokio::time::Instant::now() < deadline {
+        let Some(target) = targets.first().cloned() else {
+            break;
+        };
+        targets.rotate_left(1);
+        let req = JoinRequest {
+            node_id: raft.id(),
+            name: me.name.clone(),
+            raft_addr: me.raft_addr.clone(),
+            http_addr: me.http_addr.clone(),
+            secret: secret.clone(),
+        };
+        match transport.join(&target, req, Duration::from_secs(90)).await {
+            Ok(r) if r.error.is_empty() => {
+                info!(
+                    leader = r.leader_id,
+                    voter = r.voter,
+                    "joined the cluster through {target}"
+                );
+                return Ok(());
+            }
+            Ok(r) => {
+                last = format!("{target}: {}", r.error);
+                if !r.leader_raft_addr.is_empty() && !targets.contains(&r.leader_raft_addr) {
+                    targets.insert(0, r.leader_raft_addr);
+                    continue;
+                }
+            }
+            Err(e) if e.contains("secret") => anyhow::bail!("join refused by {target}: {e}"),
+            Err(e) => last = format!("{target}: {e}"),
+        }
+        tracing::warn!("join attempt failed ({last}); retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("could not join the cluster: {last}")
 }
 
 fn hostname() -> String {

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sequoia_openpgp::serialize::MarshalInto;
 
-use super::command::{ApplyOutcome, Command, CommandV1, Op};
+use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
+use super::forward::LeaderForwarder;
 use super::{RaftError, RaftNode};
 use crate::pgp::{self, Limits, Parsed, PgpError};
 use crate::store::{CertRecord, IndexKind, Store, StoreStats};
@@ -80,6 +81,7 @@ pub struct Keyserver {
     store: Store,
     node_id: u64,
     counter: Arc<AtomicU64>,
+    forwarder: Option<Arc<dyn LeaderForwarder>>,
 }
 
 impl Keyserver {
@@ -90,7 +92,57 @@ impl Keyserver {
             store,
             node_id,
             counter: Arc::new(AtomicU64::new(0)),
+            forwarder: None,
         }
+    }
+
+    /// Forward writes this node cannot commit itself (it is not the leader) through `f`.
+    pub fn with_forwarder(mut self, f: Arc<dyn LeaderForwarder>) -> Keyserver {
+        self.forwarder = Some(f);
+        self
+    }
+
+    /// Commit `cmd`: here when this node leads, else through the leader. Answers once the
+    /// entry is applied on this node too, so the caller reads its own write here. A leader
+    /// change mid-way is retried with the same request id (apply skips duplicates).
+    async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+        let mut last = RaftError::NotLeader { leader: None };
+        for _ in 0..3 {
+            match self.raft.write(cmd.clone()).await {
+                Err(RaftError::NotLeader { .. }) if self.forwarder.is_some() => {}
+                Err(e @ RaftError::LeaderChanged { .. }) => {
+                    last = e;
+                    continue;
+                }
+                other => return other,
+            }
+            let Some(leader) = self.raft.leader().filter(|l| l.id != self.node_id) else {
+                last = RaftError::NotLeader { leader: None };
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                continue;
+            };
+            let fwd = self.forwarder.as_ref().expect("checked above");
+            let bytes =
+                rmp_serde::to_vec_named(&cmd).map_err(|e| RaftError::Codec(e.to_string()))?;
+            match fwd.forward(&leader.node.raft_addr, bytes).await {
+                Ok((resp, index)) => {
+                    let resp: Response = rmp_serde::from_slice(&resp)
+                        .map_err(|e| RaftError::Codec(e.to_string()))?;
+                    self.raft
+                        .wait_applied(index, std::time::Duration::from_secs(10))
+                        .await?;
+                    return Ok((resp, index));
+                }
+                Err(reason) => {
+                    last = RaftError::NoQuorum(format!(
+                        "forwarding to leader {}: {reason}",
+                        leader.id
+                    ));
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The Raft node, for status and health.
@@ -132,7 +184,7 @@ impl Keyserver {
             },
         });
         let prepared = started.elapsed();
-        let (resp, index) = self.raft.write(cmd).await?;
+        let (resp, index) = self.commit(cmd).await?;
         tracing::debug!(?prepared, committed = ?started.elapsed() - prepared, index, "submit");
         report.extend(resp.outcomes.into_iter().map(item_report));
         Ok((report, index))
@@ -148,7 +200,7 @@ impl Keyserver {
                 .as_secs(),
             op: Op::Delete { fingerprints },
         });
-        let (resp, _) = self.raft.write(cmd).await?;
+        let (resp, _) = self.commit(cmd).await?;
         Ok(resp.outcomes.into_iter().map(item_report).collect())
     }
 

@@ -26,8 +26,10 @@ pub mod apply;
 pub mod codec;
 pub mod command;
 pub mod error;
+pub mod forward;
 pub mod keys;
 pub mod log_store;
+pub mod membership;
 pub mod meta;
 pub mod network;
 pub mod raft_node;
@@ -42,10 +44,12 @@ pub mod wire;
 
 pub use command::{Command, Response};
 pub use error::RaftError;
+pub use forward::{ForwardFuture, LeaderForwarder};
 pub use keys::{
     armor_public_keys, search_email, search_words, vindex_sigs, ItemReport, KeyView, Keyserver,
     Search, SigLine, Status, SubmitError, Summary, UidSummary,
 };
+pub use membership::Member;
 pub use raft_node::RaftNode;
 pub use settings::RaftSettings;
 pub use status::NodeStatus;

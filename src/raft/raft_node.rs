@@ -30,7 +30,7 @@ use crate::raft::types::{KeyraftNode, NodeId, Snapshot, SnapshotData, TypeConfig
 use crate::raft::wire::{Reply, SnapshotHeader};
 use crate::store::Store;
 
-type OpenRaft = openraft::Raft<TypeConfig, StateMachine>;
+pub(super) type OpenRaft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// A running raft node. Cheap to clone; all clones drive the same node.
 #[derive(Clone)]
@@ -100,6 +100,16 @@ impl RaftNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// The openraft handle, for sibling modules of the facade (membership).
+    pub(super) fn openraft(&self) -> &OpenRaft {
+        &self.inner.raft
+    }
+
+    /// The bound for facade calls that wait on the cluster.
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
     }
 
     /// This node's own membership record.

@@ -1,12 +1,38 @@
-//! Node-to-node gRPC (tonic). Generated from `proto/keyraft.proto` at build time by protox
-//! and tonic-prost-build (no system `protoc`).
+//! Node-to-node gRPC (tonic): the Raft transport and the cluster service. Generated from
+//! `proto/keyraft.proto` at build time by protox and tonic-prost-build (no system `protoc`).
 //!
-//! A single-node cluster needs no transport, so for now this module only carries the generated
-//! types; the Raft and cluster services that implement `crate::raft`'s transport trait arrive
-//! with clustering. Must not import `crate::api`.
+//! [`client::GrpcTransport`] implements `raft`'s `PeerTransport` and `LeaderForwarder`;
+//! [`server::serve`] answers peers by handing their bytes to the `raft` facade. Plaintext only
+//! for now (mTLS is not implemented; `keyraft serve` refuses cluster mode without
+//! `--insecure-plaintext`). Must not import `crate::api`.
+pub mod client;
+pub mod server;
 
 /// Generated protobuf messages and service stubs.
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("keyraft.v1");
+}
+
+use crate::raft::RaftRpc;
+
+/// Wire number of a Raft RPC kind.
+pub(crate) fn kind_number(rpc: RaftRpc) -> u32 {
+    match rpc {
+        RaftRpc::Append => 1,
+        RaftRpc::Vote => 2,
+        RaftRpc::PreVote => 3,
+        RaftRpc::TransferLeader => 4,
+    }
+}
+
+/// The Raft RPC kind of a wire number.
+pub(crate) fn kind_from_number(n: u32) -> Option<RaftRpc> {
+    Some(match n {
+        1 => RaftRpc::Append,
+        2 => RaftRpc::Vote,
+        3 => RaftRpc::PreVote,
+        4 => RaftRpc::TransferLeader,
+        _ => return None,
+    })
 }

@@ -1,0 +1,85 @@
+//! Membership operations of the [`RaftNode`] facade: who is in the cluster, who leads, adding a
+//! learner, promoting it to voter, removing a node. openraft's types stay inside this module.
+use std::collections::BTreeSet;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
+use serde::Serialize;
+
+use super::types::{KeyraftNode, NodeId};
+use super::{RaftError, RaftNode};
+
+/// One member as the cluster's current membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Raft node id.
+    pub id: NodeId,
+    /// Name and addresses.
+    pub node: KeyraftNode,
+    /// Voter (true) or learner (false).
+    pub voter: bool,
+}
+
+impl RaftNode {
+    /// Every member of the current membership, ordered by id.
+    pub fn members(&self) -> Vec<Member> {
+        let m = self
+            .openraft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
+        let membership = m.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut out: Vec<Member> = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// The leader this node knows of, with its record.
+    pub fn leader(&self) -> Option<Member> {
+        let leader = self.status().leader?;
+        self.members().into_iter().find(|m| m.id == leader)
+    }
+
+    /// Add `id` as a learner (leader only) and wait until it has caught up with the log
+    /// (by snapshot if needed), bounded by the facade's request timeout.
+    pub async fn add_learner(&self, id: NodeId, node: KeyraftNode) -> Result<(), RaftError> {
+        let fut = self.openraft().add_learner(id, node, true);
+        match tokio::time::timeout(self.request_timeout() * 6, fut).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => Err(RaftError::Timeout(format!(
+                "learner {id} did not catch up in time"
+            ))),
+        }
+    }
+
+    /// Make `ids` voters (leader only). They must be learners already.
+    pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        self.openraft()
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await?;
+        Ok(())
+    }
+
+    /// Remove `ids` from the voters and from the cluster (leader only).
+    pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
+        self.openraft()
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await?;
+        self.openraft()
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await?;
+        Ok(())
+    }
+}
