@@ -180,6 +180,37 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     let v: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
     assert_eq!(v["node"]["voters"].as_array().unwrap().len(), 3, "{v}");
 
+    eprintln!("--- every node names the same leader and lists three voters");
+    let leaders: Vec<serde_json::Value> = [&n1, &n2, &n3]
+        .iter()
+        .map(|m| serde_json::from_slice(&m.get("/cluster/leader").unwrap().body).unwrap())
+        .collect();
+    assert!(
+        leaders
+            .iter()
+            .all(|l| l["id"] == leaders[0]["id"] && l["name"] == "n1"),
+        "{leaders:?}"
+    );
+    let nodes: serde_json::Value =
+        serde_json::from_slice(&n3.get("/cluster/nodes").unwrap().body).unwrap();
+    let names: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(
+        ["n1", "n2", "n3"].iter().all(|n| names.contains(n)),
+        "{names:?}"
+    );
+    assert!(nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["voter"] == true));
+    assert_eq!(n2.get("/cluster/health").unwrap().status, 200);
+
     eprintln!("--- write on a follower; read it on every node");
     let r = n3.post(&certs[0].1);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -4,6 +4,7 @@
 //! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
 //! in-process tests. Status codes come from one place, [`error::ApiError`].
 pub mod add;
+pub mod cluster;
 pub mod error;
 pub mod format;
 pub mod health;
@@ -86,5 +87,9 @@ pub fn app(
         )
         .route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
+        .route("/cluster/status", web::get().to(cluster::status))
+        .route("/cluster/nodes", web::get().to(cluster::nodes))
+        .route("/cluster/leader", web::get().to(cluster::leader))
+        .route("/cluster/health", web::get().to(cluster::health))
         .default_service(web::to(health::not_found))
 }
