@@ -275,3 +275,34 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     );
     assert!(v["node"]["learners"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn five_voters_then_a_sixth_node_stays_a_learner_and_serves_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "another-secret").unwrap();
+    let certs = certs();
+    let mut first = Member::new(dir.path(), "m1", None, &secret);
+    first.spawn();
+    first.wait_ready();
+    let seed = first.raft;
+    let mut members = vec![first];
+    for i in 2..=6 {
+        eprintln!("--- m{i} joins");
+        let mut m = Member::new(dir.path(), &format!("m{i}"), Some(seed), &secret);
+        m.spawn();
+        m.wait_ready();
+        members.push(m);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&members[0].get("/cluster/status").unwrap().body).unwrap();
+    assert_eq!(v["status"]["voters"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!(v["status"]["learners"].as_array().unwrap().len(), 1, "{v}");
+    eprintln!("--- a write through the learner is forwarded and readable everywhere");
+    let r = members[5].post(&certs[3].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    for m in &members {
+        assert!(served(m, &certs[3].0, index), "{} serves the write", m.http);
+    }
+}
