@@ -2,9 +2,10 @@
 # Install the Debian packages keyraft needs, idempotently: nothing happens when they are all
 # present. Build: libclang-dev (bindgen for RocksDB), g++ (C++20), nettle-dev and pkg-config
 # (Sequoia's crypto backend). Tests and benchmarks: gnupg, dirmngr, sq, debian-keyring,
-# openssl (a private CA for hkps), wrk, curl.
+# openssl (a private CA for hkps), wrk, curl, iptables and iproute2 (partition tests drop
+# node-to-node traffic of test-only loopback addresses).
 set -euo pipefail
-need=(libclang-dev g++ make pkg-config nettle-dev python3 gnupg dirmngr sq debian-keyring openssl wrk curl ca-certificates util-linux)
+need=(libclang-dev g++ make pkg-config nettle-dev python3 gnupg dirmngr sq debian-keyring openssl wrk curl ca-certificates util-linux iptables iproute2)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

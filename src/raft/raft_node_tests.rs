@@ -23,8 +23,22 @@ fn delete(request_id: u128, fpr: &str) -> Command {
     })
 }
 
+/// Open the store, waiting (bounded) for the previous instance's last handle to go: openraft's
+/// shutdown returns before a blocking storage task it spawned (a purge, a snapshot build) has
+/// dropped its clone of the store, and RocksDB's LOCK is held until the last clone is dropped.
+/// A real restart is a new process, so only in-process restarts need this.
 async fn start(dir: &std::path::Path, settings: RaftSettings) -> RaftNode {
-    let store = Store::open(dir).unwrap();
+    let mut attempts = 0;
+    let store = loop {
+        match Store::open(dir) {
+            Ok(store) => break store,
+            Err(e) if attempts < 100 && e.to_string().contains("lock") => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("open store: {e}"),
+        }
+    };
     RaftNode::start(store, 1, me(), settings).await.unwrap()
 }
 
