@@ -27,11 +27,13 @@ mod db;
 mod query;
 mod record;
 mod snapshot;
+pub mod version;
 
 pub use apply_batch::ApplyBatch;
 pub use db::Store;
 pub use query::StoreStats;
 pub use record::{CertRecord, IndexKind, IndexTerm};
+pub use version::{Causality, VersionVector};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
