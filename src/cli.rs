@@ -1,4 +1,4 @@
-//! The command line: `keyraft serve`, `keyraft import`, `keyraft export`.
+//! The command line: `keyraft serve`, `import`, `export`, `cert`, `leave`.
 //!
 //! Part of the `main` layer: it parses arguments and calls `node` (serve), the HTTP client
 //! (import: a client of a running node, so bulk loads take the same Raft path as every
@@ -60,15 +60,45 @@ pub enum Command {
         /// Address peers use to reach the gRPC listener (overrides cluster.advertise).
         #[arg(long)]
         advertise: Option<String>,
-        /// gRPC addresses of members to join on first start, comma-separated (overrides cluster.join).
+        /// HTTP (HKP) addresses of members to join on first start, comma-separated (overrides
+        /// cluster.join).
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
         /// File with the cluster secret (overrides cluster.secret_file).
         #[arg(long)]
         secret_file: Option<PathBuf>,
-        /// Node-to-node traffic without TLS: local experiments only (mTLS is not implemented yet).
+        /// Directory with ca.pem, node.pem, node.key for mTLS between nodes, as written by
+        /// `keyraft cert issue` (overrides cluster.tls_dir).
+        #[arg(long)]
+        cluster_tls_dir: Option<PathBuf>,
+        /// Node-to-node traffic without TLS: local experiments only.
         #[arg(long)]
         insecure_plaintext: bool,
+        /// Local IP for outgoing node-to-node connections (overrides cluster.source_ip).
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+        /// File with the bearer token for mutating /cluster calls (overrides
+        /// cluster.admin_token_file).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+    },
+    /// Create the cluster CA and node certificates for mTLS between nodes.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+    /// Remove a member from the cluster gracefully (POST /cluster/leave): leadership moves
+    /// first if it leads. Stop the removed node afterwards.
+    Leave {
+        /// HKP address of any member.
+        #[arg(long, default_value = "127.0.0.1:11371")]
+        server: String,
+        /// File with the admin token.
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Name of the member to remove (default: the member at --server).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Bulk-load keyring dumps (binary or armored) into a running node through /pks/add, in
     /// batches, with a progress bar and a summary of new/updated/unchanged/rejected.
@@ -101,6 +131,31 @@ pub enum Command {
     },
 }
 
+/// `keyraft cert` actions.
+#[derive(Debug, Subcommand)]
+pub enum CertAction {
+    /// Create a new cluster CA: DIR/ca.pem and DIR/ca.key (never overwrites).
+    Init {
+        /// Directory for the CA.
+        dir: PathBuf,
+    },
+    /// Issue a node certificate from the CA: OUT/ca.pem, OUT/node.pem, OUT/node.key.
+    Issue {
+        /// Directory of the CA (from `keyraft cert init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The node's name (its --name); becomes the certificate's DNS name.
+        #[arg(long)]
+        name: String,
+        /// Output directory (the node's --cluster-tls-dir).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the certificate.
+        #[arg(long)]
+        san: Vec<String>,
+    },
+}
+
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -116,7 +171,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             join,
             secret_file,
+            cluster_tls_dir,
             insecure_plaintext,
+            source_ip,
+            admin_token_file,
         } => {
             let mut c = Config::load(config.as_deref(), std::env::vars())?;
             c.node.data_dir = data_dir.unwrap_or(c.node.data_dir);
@@ -131,7 +189,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 c.cluster.join = join;
             }
             c.cluster.secret_file = secret_file.or(c.cluster.secret_file);
+            c.cluster.tls_dir = cluster_tls_dir.or(c.cluster.tls_dir);
             c.cluster.insecure_plaintext |= insecure_plaintext;
+            c.cluster.source_ip = source_ip.or(c.cluster.source_ip);
+            c.cluster.admin_token_file = admin_token_file.or(c.cluster.admin_token_file);
             c.validate()?;
             serve(c)
         }
@@ -143,7 +204,63 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             files,
         } => import(&server, batch.max(1), batch_bytes, quiet, &files),
         Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
+        Command::Cert { action } => cert(action),
+        Command::Leave {
+            server,
+            token_file,
+            name,
+        } => leave(&server, &token_file, name.as_deref()),
     }
+}
+
+fn cert(action: CertAction) -> anyhow::Result<()> {
+    let written = match action {
+        CertAction::Init { dir } => crate::rpc::certs::init_ca(&dir)?,
+        CertAction::Issue { ca, name, out, san } => {
+            crate::rpc::certs::issue(&ca, &name, &san, &out)?
+        }
+    };
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    server
+        .trim_start_matches("http://")
+        .trim_start_matches("hkp://")
+        .trim_end_matches('/')
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {server}"))?
+        .next()
+        .context("no address")
+}
+
+fn leave(server: &str, token_file: &Path, name: Option<&str>) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let body = match name {
+        Some(n) => serde_json::json!({ "name": n }).to_string(),
+        None => String::new(),
+    };
+    let auth = format!("Bearer {}", token.trim());
+    let r = crate::client::request(
+        resolve(server)?,
+        "POST",
+        "/cluster/leave",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+        Duration::from_secs(60),
+    )?;
+    if r.status != 200 {
+        bail!("{server} answered {}: {}", r.status, r.text().trim());
+    }
+    println!("{}", r.text().trim());
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -178,13 +295,7 @@ fn import(
     quiet: bool,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
-    let addr = server
-        .trim_start_matches("http://")
-        .trim_start_matches("hkp://")
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {server}"))?
-        .next()
-        .context("no address")?;
+    let addr = resolve(server)?;
     let total_bytes: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())

@@ -8,7 +8,7 @@
 //! or `KEYRAFT_LIMITS__THIRD_PARTY_CAP=50`. The value is read as a TOML value when it parses as
 //! one (numbers, booleans, quoted strings) and as a plain string otherwise. They apply after
 //! the file and before command-line flags.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -41,13 +41,18 @@ pub struct ClusterConfig {
     pub raft_listen: Option<SocketAddr>,
     /// The address other nodes use to reach `raft_listen` (default: `raft_listen`).
     pub advertise: Option<String>,
-    /// Node-to-node addresses of existing members to join on first start. Empty: bootstrap.
+    /// HTTP (HKP) addresses of existing members to join on first start. Empty: bootstrap.
     pub join: Vec<String>,
     /// File holding the cluster secret joiners must present (and this node presents).
     pub secret_file: Option<PathBuf>,
-    /// Node-to-node traffic without TLS. Required for now (mTLS is not implemented); local
-    /// experiments only.
+    /// Directory with `ca.pem`, `node.pem` and `node.key` (`keyraft cert`): mTLS between nodes.
+    pub tls_dir: Option<PathBuf>,
+    /// Node-to-node traffic without TLS: local experiments only.
     pub insecure_plaintext: bool,
+    /// Local IP that outgoing node-to-node connections bind (default: chosen by the kernel).
+    pub source_ip: Option<IpAddr>,
+    /// File holding the bearer token for mutating `/cluster` calls (unset: they are refused).
+    pub admin_token_file: Option<PathBuf>,
     /// Most voters; further nodes stay learners and serve reads.
     pub max_voters: usize,
 }
@@ -60,7 +65,10 @@ impl Default for ClusterConfig {
             advertise: None,
             join: Vec::new(),
             secret_file: None,
+            tls_dir: None,
             insecure_plaintext: false,
+            source_ip: None,
+            admin_token_file: None,
             max_voters: 5,
         }
     }
@@ -222,6 +230,35 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Keys whose environment value is a comma-separated list (`a:1,b:2`) unless written as a
+/// TOML array.
+const LIST_KEYS: &[(&str, &str)] = &[("cluster", "join")];
+/// Keys whose environment value is always a string, even when it looks like a number.
+const STRING_KEYS: &[(&str, &str)] = &[("cluster", "name"), ("cluster", "advertise")];
+
+/// An environment override's value: a TOML value when it parses as one, else a string; lists
+/// and names as above.
+fn env_value(section: &str, field: &str, v: String) -> toml::Value {
+    let key = (section, field);
+    if STRING_KEYS.contains(&key) {
+        return toml::Value::String(v);
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(p) if !LIST_KEYS.contains(&key) || p.is_array() => p,
+        _ if LIST_KEYS.contains(&key) => toml::Value::Array(
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(v),
+    }
+}
+
 impl Config {
     /// Load `path` (or the defaults when `None`) and apply `KEYRAFT_*` overrides from `env`.
     pub fn load(
@@ -249,10 +286,7 @@ impl Config {
                 continue;
             };
             let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
-            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(v));
+            let value = env_value(&section, &field, v);
             let entry = table
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(Default::default()));
@@ -293,9 +327,20 @@ impl Config {
                 "raft timing must satisfy heartbeat_ms < election_min_ms < election_max_ms".into(),
             ));
         }
-        if self.cluster.raft_listen.is_some() && !self.cluster.insecure_plaintext {
+        let c = &self.cluster;
+        if c.raft_listen.is_some() && c.tls_dir.is_none() && !c.insecure_plaintext {
             return Err(ConfigError::Invalid(
-                "cluster.raft_listen needs mTLS, which keyraft does not implement yet; set cluster.insecure_plaintext = true (--insecure-plaintext) for local experiments".into(),
+                "cluster.raft_listen needs cluster.tls_dir (--cluster-tls-dir, made with `keyraft cert`) or, for local experiments only, cluster.insecure_plaintext = true (--insecure-plaintext)".into(),
+            ));
+        }
+        if c.tls_dir.is_some() && c.insecure_plaintext {
+            return Err(ConfigError::Invalid(
+                "cluster.tls_dir and cluster.insecure_plaintext exclude each other".into(),
+            ));
+        }
+        if c.max_voters == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.max_voters must be positive".into(),
             ));
         }
         if !self.cluster.join.is_empty() && self.cluster.raft_listen.is_none() {
@@ -381,5 +426,27 @@ mod tests {
         assert!(load_str("[limits]\nthird_party = \"some\"\n", vec![]).is_err());
         assert!(load_str("[hkp]\ntls_listen = \"127.0.0.1:1\"\n", vec![]).is_err());
         assert!(load_str("[hkp]\nlisten = \"not an address\"\n", vec![]).is_err());
+    }
+
+    #[test]
+    fn env_lists_split_on_commas_and_names_stay_strings() {
+        let c = load_str(
+            "",
+            vec![
+                ("KEYRAFT_CLUSTER__JOIN", "10.0.0.1:11371, 10.0.0.2:11371"),
+                ("KEYRAFT_CLUSTER__NAME", "1"),
+                ("KEYRAFT_CLUSTER__RAFT_LISTEN", "127.0.0.1:11380"),
+                ("KEYRAFT_CLUSTER__INSECURE_PLAINTEXT", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.join, vec!["10.0.0.1:11371", "10.0.0.2:11371"]);
+        assert_eq!(c.cluster.name, "1");
+        let c = load_str(
+            "[cluster]\nraft_listen = \"127.0.0.1:11380\"\ninsecure_plaintext = true\n",
+            vec![("KEYRAFT_CLUSTER__JOIN", "[\"a:1\"]")],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.join, vec!["a:1"]);
     }
 }

@@ -8,8 +8,10 @@ use tracing::info;
 
 use crate::api::{self, ApiSettings, AppState, ServerSettings};
 use crate::config::Config;
-use crate::raft::{KeyraftNode, Keyserver, RaftNode, RaftSettings};
-use crate::rpc::{self, client::GrpcTransport, proto::JoinRequest, server::JoinPolicy};
+use crate::raft::{
+    Admission, JoinSpec, KeyraftNode, Keyserver, LeaderForwarder, RaftNode, RaftSettings,
+};
+use crate::rpc::{self, client::GrpcTransport, tls::ClusterTls};
 use crate::store::Store;
 use std::sync::Arc;
 
@@ -52,12 +54,23 @@ impl Node {
         })?;
         let id = node_id(&store)?;
         let cluster = &config.cluster;
+        let name = if cluster.name.is_empty() {
+            hostname()
+        } else {
+            cluster.name.clone()
+        };
+        let tls = match &cluster.tls_dir {
+            Some(dir) => Some(ClusterTls::load(dir, &name)?),
+            None => None,
+        };
         let listener = match cluster.raft_listen {
             Some(addr) => {
-                tracing::warn!(
-                    "INSECURE: node-to-node traffic on {addr} is plaintext and unauthenticated \
-                     (--insecure-plaintext); use only for local experiments"
-                );
+                if tls.is_none() {
+                    tracing::warn!(
+                        "INSECURE: node-to-node traffic on {addr} is plaintext and unauthenticated \
+                         (--insecure-plaintext); use only for local experiments"
+                    );
+                }
                 Some(
                     rpc::server::bind(addr)
                         .await
@@ -72,13 +85,9 @@ impl Node {
             (None, None) => String::new(),
         };
         let me = KeyraftNode {
-            name: if cluster.name.is_empty() {
-                hostname()
-            } else {
-                cluster.name.clone()
-            },
+            name,
             raft_addr,
-            http_addr: config.hkp.listen.to_string(),
+            http_addr: http_advertise(config.hkp.listen, cluster.advertise.as_deref()),
         };
         let settings = RaftSettings {
             heartbeat_ms: config.raft.heartbeat_ms,
@@ -88,15 +97,9 @@ impl Node {
             max_in_snapshot_log_to_keep: config.raft.keep_logs,
             ..RaftSettings::default()
         };
-        let secret = match &cluster.secret_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading the cluster secret {}", p.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let secret = read_secret(cluster.secret_file.as_deref(), "the cluster secret")?;
+        let admin_token = read_secret(cluster.admin_token_file.as_deref(), "the admin token")?;
+        let transport = || GrpcTransport::new(tls.clone(), cluster.source_ip);
         let (raft, keys, rpc_stop) = match listener {
             None => {
                 let raft = RaftNode::start(store.clone(), id, me.clone(), settings).await?;
@@ -109,20 +112,21 @@ impl Node {
                     id,
                     me.clone(),
                     settings,
-                    GrpcTransport::new(),
+                    transport(),
                 )
                 .await?;
                 let keys = Keyserver::new(raft.clone(), store, id)
-                    .with_forwarder(Arc::new(GrpcTransport::new()));
+                    .with_forwarder(Arc::new(transport()))
+                    .with_admission(Admission {
+                        secret: secret.clone(),
+                        max_voters: cluster.max_voters,
+                    });
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let policy = JoinPolicy {
-                    secret: secret.clone(),
-                    max_voters: cluster.max_voters,
-                };
-                let server = rpc::server::serve(keys.clone(), policy, listener, async {
-                    let _ = stopped.await;
-                });
+                let (keys2, tls2) = (keys.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let server = rpc::server::serve(keys2, tls2.as_ref(), listener, async {
+                        let _ = stopped.await;
+                    });
                     if let Err(e) = server.await {
                         tracing::error!(error = %e, "gRPC server stopped");
                     }
@@ -137,7 +141,14 @@ impl Node {
                 info!(node_id = id, "initialised a new one-member cluster");
             }
         } else {
-            join(&raft, &me, &cluster.join, secret.unwrap_or_default()).await?;
+            join(
+                &transport(),
+                &raft,
+                &me,
+                &cluster.join,
+                secret.unwrap_or_default(),
+            )
+            .await?;
         }
         let state = AppState {
             keys: keys.clone(),
@@ -146,6 +157,7 @@ impl Node {
                 max_body_bytes: config.hkp.max_body_bytes,
                 write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
                 limits: config.limits.to_limits()?,
+                admin_token,
             }),
         };
         let workers = if config.hkp.workers == 0 {
@@ -189,6 +201,9 @@ impl Node {
             r = &mut server => { r??; }
             _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
             _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = removed(&self.keys) => {
+                tracing::warn!("this node was removed from the cluster: stopping");
+            }
         }
         handle.stop(true).await;
         if let Some(stop) = self.rpc_stop {
@@ -201,53 +216,131 @@ impl Node {
     }
 }
 
-/// Ask the members in `seeds` (following "not the leader" answers to the leader) to add this
-/// node; bounded: two minutes of attempts.
+/// Resolves once this node has left through a leave call it answered, or, having been a
+/// member, sees a membership without itself, so a removed node stops instead of disturbing the
+/// cluster with elections. (A node removed through another member may never see the final
+/// membership; operators stop it, see docs/operations.md.)
+async fn removed(keys: &Keyserver) {
+    let raft = keys.raft();
+    let mut was_member = false;
+    loop {
+        let member = raft.members().iter().any(|m| m.id == raft.id());
+        if keys.has_left() || (was_member && !member) {
+            // Let the HTTP answer of the leave reach its client first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
+        was_member |= member;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Read a one-line secret file (trimmed); never logged.
+fn read_secret(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<String>> {
+    let Some(p) = path else { return Ok(None) };
+    let s = std::fs::read_to_string(p)
+        .with_context(|| format!("reading {what} from {}", p.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!s.is_empty(), "{} ({what}) is empty", p.display());
+    Ok(Some(s))
+}
+
+/// The leader as the member at HTTP address `seed` names it (`GET /cluster/leader`).
+async fn leader_via(seed: &str) -> Result<KeyraftNode, String> {
+    let seed = seed.trim_start_matches("http://").to_string();
+    tokio::task::spawn_blocking(move || {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&seed)
+            .map_err(|e| format!("{seed}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{seed}: no address"))?;
+        let r = crate::client::request(
+            addr,
+            "GET",
+            "/cluster/leader",
+            &[],
+            b"",
+            Duration::from_secs(5),
+        )
+        .map_err(|e| format!("{seed}: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("{seed}: {} {}", r.status, r.text().trim()));
+        }
+        serde_json::from_slice::<KeyraftNode>(&r.body).map_err(|e| format!("{seed}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Join through the members at HTTP addresses `seeds`: ask one for the leader, then ask the
+/// leader over gRPC (mTLS when configured) to admit this node. Unreachable members are retried
+/// for two minutes; a refusal (wrong secret, certificate) ends the attempt at once.
 async fn join(
+    transport: &GrpcTransport,
     raft: &RaftNode,
     me: &KeyraftNode,
     seeds: &[String],
     secret: String,
 ) -> anyhow::Result<()> {
-    let transport = GrpcTransport::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut targets: Vec<String> = seeds.to_vec();
     let mut last = String::from("no member answered");
-    while tokio::time::Instant::now() < deadline {
-        let Some(target) = targets.first().cloned() else {
+    // The leader answered over HTTP but its gRPC calls failed: after this many in a row the
+    // cause is almost certainly configuration (TLS on one side only), not the network.
+    let mut grpc_failures = 0;
+    for seed in seeds.iter().cycle() {
+        if tokio::time::Instant::now() >= deadline {
             break;
-        };
-        targets.rotate_left(1);
-        let req = JoinRequest {
-            node_id: raft.id(),
+        }
+        let spec = JoinSpec {
+            id: raft.id(),
             name: me.name.clone(),
             raft_addr: me.raft_addr.clone(),
             http_addr: me.http_addr.clone(),
             secret: secret.clone(),
         };
-        match transport.join(&target, req, Duration::from_secs(90)).await {
-            Ok(r) if r.error.is_empty() => {
-                info!(
-                    leader = r.leader_id,
-                    voter = r.voter,
-                    "joined the cluster through {target}"
-                );
-                return Ok(());
-            }
-            Ok(r) => {
-                last = format!("{target}: {}", r.error);
-                if !r.leader_raft_addr.is_empty() && !targets.contains(&r.leader_raft_addr) {
-                    targets.insert(0, r.leader_raft_addr);
-                    continue;
+        match leader_via(seed).await {
+            Ok(leader) => match transport.join(&leader, spec).await {
+                Ok(r) => {
+                    info!(leader = r.leader_id, voter = r.voter, replaced = ?r.replaced,
+                        "joined the cluster through {seed} (leader {})", leader.name);
+                    return Ok(());
                 }
-            }
-            Err(e) if e.contains("secret") => anyhow::bail!("join refused by {target}: {e}"),
-            Err(e) => last = format!("{target}: {e}"),
+                Err(e) if e.contains("refused") || e.contains("certificate") => {
+                    anyhow::bail!(
+                        "join refused by {} ({}): {e}",
+                        leader.name,
+                        leader.raft_addr
+                    )
+                }
+                Err(e) => {
+                    last = format!("leader {} at {}: {e}", leader.name, leader.raft_addr);
+                    grpc_failures += 1;
+                    if grpc_failures >= 20 {
+                        anyhow::bail!(
+                            "join refused: the leader answers over HTTP but not over gRPC \
+                             (is TLS configured alike on both sides?): {last}"
+                        );
+                    }
+                }
+            },
+            Err(e) => last = e,
         }
         tracing::warn!("join attempt failed ({last}); retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     anyhow::bail!("could not join the cluster: {last}")
+}
+
+/// The HKP address recorded in the membership: the listen address, or, when that is a
+/// wildcard (`0.0.0.0`, `[::]`), the host of the advertised Raft address with the HKP port.
+fn http_advertise(listen: std::net::SocketAddr, raft_advertise: Option<&str>) -> String {
+    let host = raft_advertise
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(h, _)| h);
+    match host {
+        Some(h) if listen.ip().is_unspecified() => format!("{h}:{}", listen.port()),
+        _ => listen.to_string(),
+    }
 }
 
 fn hostname() -> String {

@@ -1,6 +1,6 @@
 //! Read-only cluster endpoints (JSON): `/cluster/status`, `/cluster/nodes`, `/cluster/leader`,
-//! `/cluster/health`. They read the raft facade's local view; mutating calls (join, leave) go
-//! node to node over gRPC for now.
+//! `/cluster/health`, `/cluster/consensus`, `/cluster/digest`. They read the raft facade's local view; the
+//! mutating calls are in [`super::cluster_admin`].
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -17,9 +17,45 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-/// Every member with its addresses and whether it votes.
+/// Every member with its addresses, whether it votes, and (answered by the leader) the log
+/// index replicated to it and its lag behind the leader's last entry.
 pub async fn nodes(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "nodes": state.keys.raft().members() }))
+    let raft = state.keys.raft();
+    let s = raft.status();
+    let last = s.last_log_index.unwrap_or(0);
+    let nodes: Vec<_> = raft
+        .members()
+        .into_iter()
+        .map(|m| {
+            let matched = s.matched.get(&m.id).copied().flatten();
+            json!({
+                "id": m.id,
+                "node": m.node,
+                "voter": m.voter,
+                "matched_index": matched,
+                "lag": (!s.matched.is_empty()).then(|| last.saturating_sub(matched.unwrap_or(0))),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "answered_by": raft.id(), "leader": s.leader, "nodes": nodes }))
+}
+
+/// Raft's view on this node: term, vote, last log, committed, applied, snapshot, purged.
+pub async fn consensus(state: web::Data<AppState>) -> HttpResponse {
+    let s = state.keys.raft().status();
+    HttpResponse::Ok().json(json!({
+        "id": s.id,
+        "state": s.state,
+        "term": s.current_term,
+        "vote": s.vote,
+        "leader": s.leader,
+        "last_log_index": s.last_log_index,
+        "committed": s.committed_index,
+        "applied": s.applied_index,
+        "snapshot": s.snapshot_index,
+        "purged": s.purged_index,
+        "millis_since_quorum_ack": s.millis_since_quorum_ack,
+    }))
 }
 
 /// The leader's id, name and addresses; 503 while none is known.
@@ -37,12 +73,18 @@ pub async fn leader(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     })))
 }
 
-/// 200 when a leader is known and this node has applied what it knows committed.
+/// 200 when a leader is known (and, on the leader, a quorum acknowledged it recently) and this node has applied what it knows committed.
 pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let raft = state.keys.raft();
     let s = raft.status();
     if s.leader.is_none() {
         return Err(ApiError::Unavailable("no leader known".into()));
+    }
+    if s.leader_cut_off() {
+        return Err(ApiError::Unavailable(format!(
+            "leader without a recent quorum acknowledgement ({:?} ms ago)",
+            s.millis_since_quorum_ack
+        )));
     }
     if !raft.has_leader_and_applied() {
         return Err(ApiError::Unavailable(
@@ -51,4 +93,10 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     }
     Ok(HttpResponse::Ok()
         .json(json!({ "healthy": true, "leader": s.leader, "term": s.current_term })))
+}
+
+/// `GET /cluster/digest`: SHA-256 of this replica's state at the index it has applied. Replicas
+/// that applied the same index must agree; compare them after writes stop.
+pub async fn digest(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.keys.raft().state_digest().await?))
 }

@@ -18,6 +18,15 @@ pub enum ApiError {
     /// Nothing matches the search, or the path does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A mutating cluster call without a valid admin token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but the request is refused (wrong cluster secret, ...).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the current state (e.g. a membership change in progress).
+    #[error("{0}")]
+    Conflict(String),
     /// The method is not supported on this path.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -43,6 +52,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -54,8 +66,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut b = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable(_)) {
-            b.insert_header(("Retry-After", "2"));
+        match self {
+            ApiError::Unavailable(_) => {
+                b.insert_header(("Retry-After", "2"));
+            }
+            ApiError::Unauthorized(_) => {
+                b.insert_header(("WWW-Authenticate", "Bearer realm=\"keyraft\""));
+            }
+            _ => {}
         }
         let line = self.to_string().replace(['\r', '\n'], " ");
         b.content_type("text/plain; charset=utf-8")
@@ -65,10 +83,12 @@ impl ResponseError for ApiError {
 
 impl From<RaftError> for ApiError {
     fn from(e: RaftError) -> Self {
-        if e.is_unavailable() {
-            ApiError::Unavailable(e.to_string())
-        } else {
-            ApiError::Internal(e.to_string())
+        match e {
+            e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
+            RaftError::Refused(_) => ApiError::Forbidden(e.to_string()),
+            RaftError::UnknownMember(_) => ApiError::NotFound(e.to_string()),
+            RaftError::Membership(_) => ApiError::Conflict(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `GET /health` (the process is alive) and `GET /ready` (Raft has a leader and this node's
-//! state is applied, so reads are meaningful).
+//! `GET /health` (the process is alive) and `GET /ready` (Raft has a leader, this node's state
+//! is applied, and, on a leader, a quorum acknowledged it recently: reads are meaningful).
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
@@ -12,7 +12,13 @@ pub async fn health() -> HttpResponse {
 
 /// Readiness for load balancers.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if state.keys.raft().has_leader_and_applied() {
+    let raft = state.keys.raft();
+    if raft.status().leader_cut_off() {
+        return Err(ApiError::Unavailable(
+            "not ready: this leader has no recent quorum acknowledgement".into(),
+        ));
+    }
+    if raft.has_leader_and_applied() {
         Ok(HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"))

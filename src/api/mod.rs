@@ -1,10 +1,12 @@
-//! HKP over HTTP (actix-web): `/pks/lookup`, `/pks/add`, `/health`, `/ready`.
+//! HKP over HTTP (actix-web): `/pks/lookup`, `/pks/add`, `/health`, `/ready`, and the
+//! cluster API under `/cluster/`.
 //!
 //! Reads and writes go through [`crate::raft::Keyserver`]; this layer never touches the store
 //! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
 //! in-process tests. Status codes come from one place, [`error::ApiError`].
 pub mod add;
 pub mod cluster;
+pub mod cluster_admin;
 pub mod error;
 pub mod format;
 pub mod health;
@@ -36,6 +38,8 @@ pub struct ApiSettings {
     pub write_timeout: Duration,
     /// Limits and flooding defence for submissions.
     pub limits: Limits,
+    /// Bearer token for mutating `/cluster` calls; `None` refuses them all.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -45,6 +49,7 @@ impl Default for ApiSettings {
             max_body_bytes: 8 << 20,
             write_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            admin_token: None,
         }
     }
 }
@@ -91,5 +96,9 @@ pub fn app(
         .route("/cluster/nodes", web::get().to(cluster::nodes))
         .route("/cluster/leader", web::get().to(cluster::leader))
         .route("/cluster/health", web::get().to(cluster::health))
+        .route("/cluster/consensus", web::get().to(cluster::consensus))
+        .route("/cluster/digest", web::get().to(cluster::digest))
+        .route("/cluster/join", web::post().to(cluster_admin::join))
+        .route("/cluster/leave", web::post().to(cluster_admin::leave))
         .default_service(web::to(health::not_found))
 }

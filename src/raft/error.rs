@@ -31,6 +31,13 @@ pub enum RaftError {
     /// A membership change was refused (another change in progress, unknown node, ...).
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// A join or leave was refused: wrong cluster secret, a node that is not who it claims to
+    /// be, or a change that would break the cluster. Not retryable.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No member matches the given id or name.
+    #[error("no such member: {0}")]
+    UnknownMember(String),
     /// A peer message could not be decoded.
     #[error("bad message: {0}")]
     Codec(String),

@@ -1,15 +1,34 @@
-//! [`LeaderForwarder`]: how a follower hands a write to the leader. `raft` defines it, `rpc`
-//! implements it (databend-meta's pattern), so clients never see a redirect.
+//! [`LeaderForwarder`]: how a node reaches the leader (and other members) for what only the
+//! leader may do: writes, joins, leaves, plus a probe of a joining node. `raft` defines it,
+//! `rpc` implements it over authenticated gRPC (databend-meta's pattern), so clients never see a
+//! redirect.
 use std::future::Future;
 use std::pin::Pin;
 
-/// A boxed future returned by [`LeaderForwarder::forward`].
-pub type ForwardFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(Vec<u8>, u64), String>> + Send + 'a>>;
+use super::admission::{JoinOutcome, JoinSpec};
+use super::types::{KeyraftNode, NodeId};
 
-/// Sends an encoded command to the leader at `leader_raft_addr`; resolves to the encoded
-/// response and the log index it was committed at, or a one-line reason.
+/// A boxed future returned by the [`LeaderForwarder`] methods.
+pub type ForwardFuture<'a, T = (Vec<u8>, u64)> =
+    Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Node-to-node calls made on behalf of a client; every error is a one-line reason.
 pub trait LeaderForwarder: Send + Sync + 'static {
-    /// Forward one encoded command.
-    fn forward<'a>(&'a self, leader_raft_addr: &'a str, command: Vec<u8>) -> ForwardFuture<'a>;
+    /// Forward one encoded command to `leader`; resolves to the encoded response and the log
+    /// index it was committed at.
+    fn forward<'a>(&'a self, leader: &'a KeyraftNode, command: Vec<u8>) -> ForwardFuture<'a>;
+
+    /// Ask `leader` to admit a node.
+    fn join<'a>(
+        &'a self,
+        leader: &'a KeyraftNode,
+        spec: JoinSpec,
+    ) -> ForwardFuture<'a, JoinOutcome>;
+
+    /// Ask `leader` to remove the member `id` (transferring leadership first if needed).
+    fn leave<'a>(&'a self, leader: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, NodeId>;
+
+    /// Call `node` at its Raft address, authenticated as `node.name` when TLS is on, and return
+    /// the id and name it reports: proof that its address reaches the node it claims to be.
+    fn probe<'a>(&'a self, node: &'a KeyraftNode) -> ForwardFuture<'a, (NodeId, String)>;
 }

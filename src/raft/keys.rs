@@ -9,8 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sequoia_openpgp::serialize::MarshalInto;
 
+use super::admission::{Admission, JoinOutcome, JoinSpec};
 use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
 use super::forward::LeaderForwarder;
+use super::types::NodeId;
 use super::{RaftError, RaftNode};
 use crate::pgp::{self, Limits, Parsed, PgpError};
 use crate::store::{CertRecord, IndexKind, Store, StoreStats};
@@ -82,6 +84,8 @@ pub struct Keyserver {
     node_id: u64,
     counter: Arc<AtomicU64>,
     forwarder: Option<Arc<dyn LeaderForwarder>>,
+    admission: Arc<Admission>,
+    left: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Keyserver {
@@ -93,7 +97,40 @@ impl Keyserver {
             node_id,
             counter: Arc::new(AtomicU64::new(0)),
             forwarder: None,
+            admission: Arc::new(Admission::default()),
+            left: Arc::default(),
         }
+    }
+
+    /// Admit joiners under `a` (secret, most voters).
+    pub fn with_admission(mut self, a: Admission) -> Keyserver {
+        self.admission = Arc::new(a);
+        self
+    }
+
+    /// Admit a node to the cluster: here when this node leads, else through the leader.
+    pub async fn join(&self, spec: JoinSpec) -> Result<JoinOutcome, RaftError> {
+        self.admission
+            .join(&self.raft, self.forwarder.as_deref(), spec)
+            .await
+    }
+
+    /// Remove member `id` gracefully (transferring leadership first if it leads).
+    pub async fn leave(&self, id: NodeId) -> Result<NodeId, RaftError> {
+        let removed = self
+            .admission
+            .leave(&self.raft, self.forwarder.as_deref(), id)
+            .await?;
+        if removed == self.node_id {
+            self.left.store(true, Ordering::SeqCst);
+        }
+        Ok(removed)
+    }
+
+    /// True once this node has been removed through [`Self::leave`] called on it: the process
+    /// should stop (a removed node that keeps running only disturbs the cluster).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::SeqCst)
     }
 
     /// Forward writes this node cannot commit itself (it is not the leader) through `f`.
@@ -124,7 +161,7 @@ impl Keyserver {
             let fwd = self.forwarder.as_ref().expect("checked above");
             let bytes =
                 rmp_serde::to_vec_named(&cmd).map_err(|e| RaftError::Codec(e.to_string()))?;
-            match fwd.forward(&leader.node.raft_addr, bytes).await {
+            match fwd.forward(&leader.node, bytes).await {
                 Ok((resp, index)) => {
                     let resp: Response = rmp_serde::from_slice(&resp)
                         .map_err(|e| RaftError::Codec(e.to_string()))?;

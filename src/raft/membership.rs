@@ -1,6 +1,7 @@
 //! Membership operations of the [`RaftNode`] facade: who is in the cluster, who leads, adding a
 //! learner, promoting it to voter, removing a node. openraft's types stay inside this module.
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
@@ -80,6 +81,23 @@ impl RaftNode {
         self.openraft()
             .change_membership(ChangeMembers::RemoveNodes(ids), false)
             .await?;
+        Ok(())
+    }
+
+    /// Hand leadership to voter `to` (leader only) and wait, bounded by `timeout`, until this
+    /// another leader is known.
+    pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<(), RaftError> {
+        self.openraft().trigger().transfer_leader(to).await?;
+        let me = self.id();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.status().leader.is_none_or(|l| l == me) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RaftError::Timeout(format!(
+                    "leadership did not move to {to}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     }
 }

@@ -22,9 +22,11 @@
 //! let status = node.status();
 //! node.shutdown().await;
 //! ```
+pub mod admission;
 pub mod apply;
 pub mod codec;
 pub mod command;
+pub mod digest;
 pub mod error;
 pub mod forward;
 pub mod keys;
@@ -42,7 +44,9 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
+pub use admission::{Admission, JoinOutcome, JoinSpec};
 pub use command::{Command, Response};
+pub use digest::StateDigest;
 pub use error::RaftError;
 pub use forward::{ForwardFuture, LeaderForwarder};
 pub use keys::{

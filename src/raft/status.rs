@@ -1,4 +1,8 @@
 //! [`NodeStatus`]: a plain snapshot of this node's raft state, for `/cluster/status` and `/ready`.
+use std::collections::BTreeMap;
+
+use openraft::Instant as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::raft::types::{NodeId, RaftMetrics};
@@ -26,6 +30,14 @@ pub struct NodeStatus {
     pub voters: Vec<NodeId>,
     /// Non-voting members (catching up), ascending.
     pub learners: Vec<NodeId>,
+    /// The vote this node holds, as openraft prints it (term, candidate, committed).
+    pub vote: String,
+    /// Index of the last log entry removed after a snapshot.
+    pub purged_index: Option<u64>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// On the leader: the highest log index known replicated to each member.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl NodeStatus {
@@ -48,6 +60,21 @@ impl NodeStatus {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index),
             voters,
             learners,
+            vote: m.vote.to_string(),
+            purged_index: m.purged.as_ref().map(|l| l.index),
+            millis_since_quorum_ack: m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| t.elapsed().as_millis() as u64),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -65,4 +92,17 @@ impl NodeStatus {
             && applied.is_some()
             && applied >= committed
     }
+
+    /// A leader of several voters that no quorum acknowledged for [`QUORUM_ACK_MAX_MS`]: most
+    /// likely cut off by a partition; its writes will time out and its reads may be stale.
+    pub fn leader_cut_off(&self) -> bool {
+        self.state == "Leader"
+            && self.voters.len() > 1
+            && self
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > QUORUM_ACK_MAX_MS)
+    }
 }
+
+/// Longest time since the last quorum acknowledgement a healthy leader may report.
+pub const QUORUM_ACK_MAX_MS: u64 = 3_000;

@@ -1,8 +1,11 @@
-//! [`GrpcTransport`]: the Raft transport and leader forwarder over tonic.
+//! [`GrpcTransport`]: the Raft transport and the client side of the cluster service over tonic.
 //!
-//! One lazily connected, cached channel per peer address; a deadline on every call;
-//! connection failures reported as `Unreachable` so openraft backs off.
+//! One lazily connected, cached channel per peer (address and name); mTLS with the peer's node
+//! name as the expected server name when TLS is configured; outgoing connections bound to
+//! `source_ip` when set; a deadline on every call; connection failures reported as
+//! `Unreachable` so openraft backs off.
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,63 +14,94 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::proto::cluster_service_client::ClusterServiceClient;
 use super::proto::raft_service_client::RaftServiceClient;
-use super::proto::{ForwardRequest, JoinReply, JoinRequest, RaftCall, SnapshotChunk};
+use super::proto::{
+    ForwardRequest, JoinRequest, LeaveRequest, PingRequest, RaftCall, SnapshotChunk,
+};
+use super::tls::ClusterTls;
 use crate::raft::{
-    ForwardFuture, KeyraftNode, LeaderForwarder, NodeId, PeerTransport, RaftRpc, TransportError,
+    ForwardFuture, JoinOutcome, JoinSpec, KeyraftNode, LeaderForwarder, NodeId, PeerTransport,
+    RaftRpc, TransportError,
 };
 
 /// Snapshot chunk size.
 const CHUNK: usize = 1 << 20;
+/// Deadline of cluster-service calls other than joins.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of a join: the leader waits for the learner to catch up before answering.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(100);
 
-/// gRPC client side of the cluster (plaintext).
+/// gRPC client side of the cluster.
 #[derive(Default)]
 pub struct GrpcTransport {
-    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClusterTls>,
+    source_ip: Option<IpAddr>,
+    channels: Mutex<HashMap<(String, String), Channel>>,
 }
 
 impl GrpcTransport {
-    /// A transport with no connections yet.
-    pub fn new() -> GrpcTransport {
-        GrpcTransport::default()
+    /// A transport with no connections yet; mTLS when `tls` is set, else plaintext.
+    pub fn new(tls: Option<ClusterTls>, source_ip: Option<IpAddr>) -> GrpcTransport {
+        GrpcTransport {
+            tls,
+            source_ip,
+            channels: Mutex::default(),
+        }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    /// The channel to the node named `name` at `addr`.
+    fn channel(&self, addr: &str, name: &str) -> Result<Channel, String> {
+        let key = (addr.to_string(), name.to_string());
         let mut map = self.channels.lock().expect("not poisoned");
-        if let Some(c) = map.get(addr) {
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut e = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .connect_lazy();
-        map.insert(addr.to_string(), c.clone());
+            .local_address(self.source_ip);
+        if let Some(tls) = &self.tls {
+            e = e.tls_config(tls.client(name)).map_err(|e| e.to_string())?;
+        }
+        let c = e.connect_lazy();
+        map.insert(key, c.clone());
         Ok(c)
     }
 
-    /// Ask the member at `raft_addr` to add this node; the member must be the leader.
-    pub async fn join(
-        &self,
-        raft_addr: &str,
-        req: JoinRequest,
-        timeout: Duration,
-    ) -> Result<JoinReply, String> {
-        let ch = self.channel(raft_addr)?;
-        let mut r = tonic::Request::new(req);
-        r.set_timeout(timeout);
-        ClusterServiceClient::new(ch)
-            .join(r)
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| s.message().to_string())
+    fn cluster(&self, node: &KeyraftNode) -> Result<ClusterServiceClient<Channel>, String> {
+        Ok(ClusterServiceClient::new(
+            self.channel(&node.raft_addr, &node.name)?,
+        ))
     }
+}
+
+/// A tonic status as one line; for TLS and connection failures the cause is in the source
+/// chain, so it is appended.
+fn reason(s: tonic::Status) -> String {
+    let mut msg = s.message().to_string();
+    let mut src = std::error::Error::source(&s);
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = e.source();
+    }
+    msg
+}
+
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
 }
 
 fn status_error(target: NodeId, s: tonic::Status) -> TransportError {
     match s.code() {
-        tonic::Code::Unavailable => TransportError::Unreachable(target, s.message().to_string()),
+        tonic::Code::Unavailable => TransportError::Unreachable(target, reason(s)),
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => TransportError::Timeout(target),
-        _ => TransportError::Network(target, s.message().to_string()),
+        _ => TransportError::Network(target, reason(s)),
     }
 }
 
@@ -81,13 +115,15 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let ch = self
-            .channel(&node.raft_addr)
+            .channel(&node.raft_addr, &node.name)
             .map_err(|e| TransportError::Unreachable(target, e))?;
-        let mut req = tonic::Request::new(RaftCall {
-            kind: super::kind_number(rpc),
-            payload: body,
-        });
-        req.set_timeout(timeout);
+        let req = request(
+            RaftCall {
+                kind: super::kind_number(rpc),
+                payload: body,
+            },
+            timeout,
+        );
         let reply = RaftServiceClient::new(ch)
             .call(req)
             .await
@@ -108,7 +144,7 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let ch = self
-            .channel(&node.raft_addr)
+            .channel(&node.raft_addr, &node.name)
             .map_err(|e| TransportError::Unreachable(target, e))?;
         // Read the snapshot in chunks into a bounded channel feeding the request stream.
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
@@ -129,8 +165,7 @@ impl PeerTransport for GrpcTransport {
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-        let mut req = tonic::Request::new(stream);
-        req.set_timeout(timeout.max(Duration::from_secs(600)));
+        let req = request(stream, timeout.max(Duration::from_secs(600)));
         let reply = RaftServiceClient::new(ch)
             .snapshot(req)
             .await
@@ -148,20 +183,69 @@ impl PeerTransport for GrpcTransport {
 }
 
 impl LeaderForwarder for GrpcTransport {
-    fn forward<'a>(&'a self, leader_raft_addr: &'a str, command: Vec<u8>) -> ForwardFuture<'a> {
+    fn forward<'a>(&'a self, leader: &'a KeyraftNode, command: Vec<u8>) -> ForwardFuture<'a> {
         Box::pin(async move {
-            let ch = self.channel(leader_raft_addr)?;
-            let mut req = tonic::Request::new(ForwardRequest { command });
-            req.set_timeout(Duration::from_secs(15));
-            let r = ClusterServiceClient::new(ch)
-                .forward_write(req)
+            let r = self
+                .cluster(leader)?
+                .forward_write(request(ForwardRequest { command }, CALL_TIMEOUT))
                 .await
-                .map_err(|s| s.message().to_string())?
+                .map_err(reason)?
                 .into_inner();
             if !r.error.is_empty() {
                 return Err(r.error);
             }
             Ok((r.response, r.index))
+        })
+    }
+
+    fn join<'a>(
+        &'a self,
+        leader: &'a KeyraftNode,
+        spec: JoinSpec,
+    ) -> ForwardFuture<'a, JoinOutcome> {
+        Box::pin(async move {
+            let req = JoinRequest {
+                node_id: spec.id,
+                name: spec.name,
+                raft_addr: spec.raft_addr,
+                http_addr: spec.http_addr,
+                secret: spec.secret,
+            };
+            let r = self
+                .cluster(leader)?
+                .join(request(req, JOIN_TIMEOUT))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            Ok(JoinOutcome {
+                leader_id: r.leader_id,
+                voter: r.voter,
+                replaced: (r.replaced != 0).then_some(r.replaced),
+            })
+        })
+    }
+
+    fn leave<'a>(&'a self, leader: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, NodeId> {
+        Box::pin(async move {
+            let r = self
+                .cluster(leader)?
+                .leave(request(LeaveRequest { node_id: id }, JOIN_TIMEOUT))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            Ok(r.removed)
+        })
+    }
+
+    fn probe<'a>(&'a self, node: &'a KeyraftNode) -> ForwardFuture<'a, (NodeId, String)> {
+        Box::pin(async move {
+            let r = self
+                .cluster(node)?
+                .ping(request(PingRequest {}, Duration::from_secs(5)))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            Ok((r.node_id, r.name))
         })
     }
 }

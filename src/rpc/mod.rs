@@ -2,11 +2,13 @@
 //! `proto/keyraft.proto` at build time by protox and tonic-prost-build (no system `protoc`).
 //!
 //! [`client::GrpcTransport`] implements `raft`'s `PeerTransport` and `LeaderForwarder`;
-//! [`server::serve`] answers peers by handing their bytes to the `raft` facade. Plaintext only
-//! for now (mTLS is not implemented; `keyraft serve` refuses cluster mode without
-//! `--insecure-plaintext`). Must not import `crate::api`.
+//! [`server::serve`] answers peers by handing their bytes to the `raft` facade. Traffic is mTLS
+//! with a private cluster CA ([`tls`], certificates made by [`certs`] for `keyraft cert`), or
+//! plaintext with `--insecure-plaintext` for local experiments. Must not import `crate::api`.
+pub mod certs;
 pub mod client;
 pub mod server;
+pub mod tls;
 
 /// Generated protobuf messages and service stubs.
 #[allow(clippy::all, missing_docs)]

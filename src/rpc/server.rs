@@ -1,6 +1,7 @@
 //! The gRPC server: Raft messages and snapshots from peers go to the `raft` facade as bytes;
-//! the cluster service pings, executes forwarded writes on the leader, and admits joining nodes.
-use std::collections::BTreeSet;
+//! the cluster service answers pings, executes forwarded writes on the leader, and admits and
+//! removes members through the facade's admission rules. With mTLS, a join must come from the
+//! joiner's own certificate or from a current member forwarding it.
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -10,20 +11,12 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::cluster_service_server::{ClusterService, ClusterServiceServer};
 use super::proto::raft_service_server::{RaftService, RaftServiceServer};
 use super::proto::{
-    ForwardReply, ForwardRequest, JoinReply, JoinRequest, PingReply, PingRequest, RaftCall,
-    RaftReply, SnapshotChunk,
+    ForwardReply, ForwardRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PingReply,
+    PingRequest, RaftCall, RaftReply, SnapshotChunk,
 };
+use super::tls::{peer_names, ClusterTls};
 use crate::raft::command::Command;
-use crate::raft::{KeyraftNode, Keyserver, RaftNode};
-
-/// Who may join, and how many voters the cluster keeps.
-#[derive(Clone, Debug)]
-pub struct JoinPolicy {
-    /// The cluster secret a joiner must present (`None`: no secret required).
-    pub secret: Option<String>,
-    /// Most voters; further nodes stay learners.
-    pub max_voters: usize,
-}
+use crate::raft::{JoinSpec, Keyserver, RaftError, RaftNode};
 
 struct RaftSvc {
     raft: RaftNode,
@@ -31,7 +24,7 @@ struct RaftSvc {
 
 struct ClusterSvc {
     keys: Keyserver,
-    policy: JoinPolicy,
+    tls: bool,
 }
 
 fn reply(r: Result<Vec<u8>, String>) -> Response<RaftReply> {
@@ -45,6 +38,17 @@ fn reply(r: Result<Vec<u8>, String>) -> Response<RaftReply> {
             error,
         },
     })
+}
+
+/// A facade error as a gRPC status whose message is the error's one line.
+fn status(e: RaftError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RaftError::Refused(_) => Status::permission_denied(msg),
+        RaftError::UnknownMember(_) => Status::not_found(msg),
+        e if e.is_unavailable() => Status::unavailable(msg),
+        _ => Status::internal(msg),
+    }
 }
 
 #[tonic::async_trait]
@@ -97,12 +101,6 @@ impl RaftService for RaftSvc {
     }
 }
 
-/// Compare secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[tonic::async_trait]
 impl ClusterService for ClusterSvc {
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
@@ -137,67 +135,66 @@ impl ClusterService for ClusterSvc {
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let peer = req.remote_addr();
+        let names = peer_names(req.peer_certs().as_deref().map(|v| v.as_slice()));
         let j = req.into_inner();
-        if let Some(secret) = &self.policy.secret {
-            if !same_secret(secret, &j.secret) {
-                tracing::warn!(?peer, node_id = j.node_id, name = %j.name, "join refused: wrong cluster secret");
-                return Err(Status::permission_denied("wrong cluster secret"));
+        if self.tls && !names.contains(&j.name) {
+            let members = self.keys.raft().members();
+            if !members.iter().any(|m| names.contains(&m.node.name)) {
+                let why = format!(
+                    "the client certificate names {names:?}, neither the joining node {:?} nor a member",
+                    j.name
+                );
+                tracing::warn!(?peer, node_id = j.node_id, "join refused: {why}");
+                return Err(Status::permission_denied(format!("refused: {why}")));
             }
         }
-        let raft = self.keys.raft();
-        let leader = raft.leader();
-        if leader.as_ref().map(|l| l.id) != Some(raft.id()) {
-            return Ok(Response::new(JoinReply {
-                error: "not the leader".into(),
-                leader_id: leader.as_ref().map_or(0, |l| l.id),
-                leader_raft_addr: leader.map(|l| l.node.raft_addr).unwrap_or_default(),
-                voter: false,
-            }));
-        }
-        let node = KeyraftNode {
-            name: j.name.clone(),
-            raft_addr: j.raft_addr.clone(),
-            http_addr: j.http_addr.clone(),
-        };
-        tracing::info!(node_id = j.node_id, name = %j.name, raft_addr = %j.raft_addr, "join: adding learner");
-        let fail = |e: crate::raft::RaftError| Status::unavailable(e.to_string());
-        raft.add_learner(j.node_id, node).await.map_err(fail)?;
-        let voters = raft.members().iter().filter(|m| m.voter).count();
-        let already = raft.members().iter().any(|m| m.id == j.node_id && m.voter);
-        let voter = if already {
-            true
-        } else if voters < self.policy.max_voters {
-            raft.promote(BTreeSet::from([j.node_id]))
-                .await
-                .map_err(fail)?;
-            tracing::info!(node_id = j.node_id, "join: promoted to voter");
-            true
-        } else {
-            false
-        };
+        let outcome = self
+            .keys
+            .join(JoinSpec {
+                id: j.node_id,
+                name: j.name,
+                raft_addr: j.raft_addr,
+                http_addr: j.http_addr,
+                secret: j.secret,
+            })
+            .await
+            .map_err(status)?;
         Ok(Response::new(JoinReply {
-            error: String::new(),
-            leader_id: raft.id(),
-            leader_raft_addr: raft.me().raft_addr.clone(),
-            voter,
+            leader_id: outcome.leader_id,
+            voter: outcome.voter,
+            replaced: outcome.replaced.unwrap_or(0),
         }))
+    }
+
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        let id = req.into_inner().node_id;
+        let removed = self.keys.leave(id).await.map_err(status)?;
+        Ok(Response::new(LeaveReply { removed }))
     }
 }
 
-/// Serve the Raft and cluster services on `listener` until `shutdown` resolves.
+/// Serve the Raft and cluster services on `listener` until `shutdown` resolves; with `tls`,
+/// every caller must present a certificate from the cluster CA.
 pub async fn serve(
     keys: Keyserver,
-    policy: JoinPolicy,
+    tls: Option<&ClusterTls>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let raft = keys.raft().clone();
     let incoming = tokio_stream_from(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        builder = builder.tls_config(t.server())?;
+    }
+    builder
         .add_service(RaftServiceServer::new(RaftSvc { raft }).max_decoding_message_size(64 << 20))
         .add_service(
-            ClusterServiceServer::new(ClusterSvc { keys, policy })
-                .max_decoding_message_size(64 << 20),
+            ClusterServiceServer::new(ClusterSvc {
+                keys,
+                tls: tls.is_some(),
+            })
+            .max_decoding_message_size(64 << 20),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -494,3 +494,75 @@ async fn get_with_several_matches_returns_every_certificate_in_one_block() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[actix_web::test]
+async fn cluster_admin_calls_need_the_token_and_report_raft_state() {
+    let mut n = in_process(1 << 20).await;
+    let mut settings = (*n.state.settings).clone();
+    settings.admin_token = Some("t0ken".into());
+    n.state.settings = Arc::new(settings);
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let leave = || at::TestRequest::post().uri("/cluster/leave");
+
+    eprintln!("--- leave without a token, with a wrong one: 401 and nothing changes");
+    let (s, _, body) = call!(app, leave());
+    assert_eq!(s, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("Authorization"));
+    let (s, _, _) = call!(
+        app,
+        leave().insert_header(("authorization", "Bearer wrong"))
+    );
+    assert_eq!(s, 401);
+    eprintln!("--- with the token: the only voter may not leave (403), unknown names are 404");
+    let (s, _, body) = call!(
+        app,
+        leave().insert_header(("authorization", "Bearer t0ken"))
+    );
+    assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("last voter"));
+    let (s, _, _) = call!(
+        app,
+        leave()
+            .insert_header(("authorization", "Bearer t0ken"))
+            .set_payload(r#"{"name":"nobody"}"#)
+    );
+    assert_eq!(s, 404);
+    let (s, _, _) = call!(
+        app,
+        leave()
+            .insert_header(("authorization", "Bearer t0ken"))
+            .set_payload("{not json")
+    );
+    assert_eq!(s, 400);
+    assert_eq!(n.state.keys.raft().members().len(), 1);
+
+    eprintln!("--- consensus and digest describe the applied state");
+    let (s, _, body) = call!(app, at::TestRequest::get().uri("/cluster/consensus"));
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["state"], "Leader");
+    assert!(v["term"].as_u64().unwrap() >= 1, "{v}");
+    let digest = |body: &[u8]| -> serde_json::Value { serde_json::from_slice(body).unwrap() };
+    let (_, _, d1) = call!(app, at::TestRequest::get().uri("/cluster/digest"));
+    let (_, _, d1b) = call!(app, at::TestRequest::get().uri("/cluster/digest"));
+    assert_eq!(digest(&d1), digest(&d1b), "same state, same digest");
+    let armored = gen("Digest <digest@example.org>")
+        .armored()
+        .to_vec()
+        .unwrap();
+    let (s, _, _) = call!(app, form_post(gpg_form(&armored)));
+    assert_eq!(s, 200);
+    let (_, _, d2) = call!(app, at::TestRequest::get().uri("/cluster/digest"));
+    let (d1, d2) = (digest(&d1), digest(&d2));
+    assert_ne!(d1["sha256"], d2["sha256"], "a write changes the digest");
+    assert!(d2["applied_index"].as_u64() > d1["applied_index"].as_u64());
+
+    eprintln!("--- a join with a bad body is 400, not a crash");
+    let (s, _, _) = call!(
+        app,
+        at::TestRequest::post()
+            .uri("/cluster/join")
+            .set_payload(r#"{"id": "x"}"#)
+    );
+    assert_eq!(s, 400);
+}

@@ -1,0 +1,92 @@
+//! Mutating cluster calls: `POST /cluster/join` (authenticated by the cluster secret in the
+//! body, like a joining node) and `POST /cluster/leave` (authenticated by the admin bearer
+//! token). Both are executed by the leader; a follower forwards them.
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::raft::JoinSpec;
+
+/// Largest JSON body these calls accept.
+const MAX_BODY: usize = 16 << 10;
+
+/// Compare tokens in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Check `Authorization: Bearer <admin token>`.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = &state.settings.admin_token else {
+        return Err(ApiError::Unauthorized(
+            "no admin token is configured on this node (cluster.admin_token_file)".into(),
+        ));
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => {
+            tracing::warn!(peer = ?req.peer_addr(), path = req.path(), "refused: wrong admin token");
+            Err(ApiError::Unauthorized("wrong admin token".into()))
+        }
+        None => Err(ApiError::Unauthorized(
+            "missing Authorization: Bearer <admin token>".into(),
+        )),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
+}
+
+/// `POST /cluster/join` with `{"id", "name", "raft_addr", "http_addr", "secret"}`.
+pub async fn join(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let spec: JoinSpec = parse(&body)?;
+    let outcome = state.keys.join(spec).await?;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Which member leaves: by id, by name, or (neither) the node answering.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LeaveBody {
+    id: Option<u64>,
+    name: Option<String>,
+}
+
+/// `POST /cluster/leave` with `{"id": N}`, `{"name": "..."}` or no body (this node).
+pub async fn leave(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let b: LeaveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        LeaveBody::default()
+    } else {
+        parse(&body)?
+    };
+    let raft = state.keys.raft();
+    let id = match (b.id, b.name) {
+        (Some(id), _) => id,
+        (None, Some(name)) => raft
+            .members()
+            .into_iter()
+            .find(|m| m.node.name == name)
+            .map(|m| m.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no member named {name:?}")))?,
+        (None, None) => raft.id(),
+    };
+    let removed = state.keys.leave(id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "removed": removed })))
+}

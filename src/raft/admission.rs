@@ -1,0 +1,229 @@
+//! Admission and removal of members: who may join (the cluster secret, proof that the joiner's
+//! address reaches the node it names), replacing the record of a wiped node, promotion up to
+//! `max_voters`, and graceful leave with leadership transfer.
+//!
+//! Every change happens on the leader; a follower checks the secret and forwards through the
+//! [`LeaderForwarder`]. Refusals are logged with the words "join refused" and the reason.
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::forward::LeaderForwarder;
+use super::types::{KeyraftNode, NodeId};
+use super::{RaftError, RaftNode};
+
+/// A node asking to join.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// Its Raft id (generated once, persisted, never reused).
+    pub id: NodeId,
+    /// Its unique name (the name in its TLS certificate).
+    pub name: String,
+    /// Where peers reach its gRPC listener.
+    pub raft_addr: String,
+    /// Its HKP address.
+    pub http_addr: String,
+    /// The cluster secret it presents. Never logged.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for JoinSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinSpec")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("raft_addr", &self.raft_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a join did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinOutcome {
+    /// The leader that admitted the node.
+    pub leader_id: NodeId,
+    /// Whether the node votes (false: it stays a learner and serves reads).
+    pub voter: bool,
+    /// The id of an earlier member with the same name that this join replaced.
+    pub replaced: Option<NodeId>,
+}
+
+/// Who may join and how many voters the cluster keeps.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// The secret joiners must present; `None` admits anyone who can reach the listener.
+    pub secret: Option<String>,
+    /// Most voters; further nodes stay learners.
+    pub max_voters: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Admission {
+        Admission {
+            secret: None,
+            max_voters: 5,
+        }
+    }
+}
+
+/// Compare secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refuse(spec: &JoinSpec, reason: String) -> RaftError {
+    tracing::warn!(node_id = spec.id, name = %spec.name, raft_addr = %spec.raft_addr, "join refused: {reason}");
+    RaftError::Refused(reason)
+}
+
+/// A forwarded call's one-line error back as a [`RaftError`]: refusals stay refusals.
+fn forwarded(e: String) -> RaftError {
+    match e.strip_prefix("refused: ") {
+        Some(r) => RaftError::Refused(r.to_string()),
+        None => match e.strip_prefix("no such member: ") {
+            Some(m) => RaftError::UnknownMember(m.to_string()),
+            None => RaftError::NoQuorum(format!("forwarding to the leader: {e}")),
+        },
+    }
+}
+
+fn leader_elsewhere(raft: &RaftNode) -> Result<Option<KeyraftNode>, RaftError> {
+    match raft.leader() {
+        Some(l) if l.id == raft.id() => Ok(None),
+        Some(l) => Ok(Some(l.node)),
+        None => Err(RaftError::NotLeader { leader: None }),
+    }
+}
+
+impl Admission {
+    /// Admit `spec`: on the leader, or forwarded to it. Checks the secret first (a follower
+    /// never forwards a wrong one), then, on the leader, that the joiner answers at its address
+    /// under its id and name.
+    pub async fn join(
+        &self,
+        raft: &RaftNode,
+        fwd: Option<&dyn LeaderForwarder>,
+        spec: JoinSpec,
+    ) -> Result<JoinOutcome, RaftError> {
+        if let Some(secret) = &self.secret {
+            if !same_secret(secret, &spec.secret) {
+                return Err(refuse(&spec, "wrong cluster secret".into()));
+            }
+        }
+        if spec.id == 0 || spec.name.is_empty() || spec.raft_addr.is_empty() {
+            return Err(refuse(
+                &spec,
+                "a join needs an id, a name and a raft address".into(),
+            ));
+        }
+        if let Some(leader) = leader_elsewhere(raft)? {
+            let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
+            return f.join(&leader, spec).await.map_err(forwarded);
+        }
+        let node = KeyraftNode {
+            name: spec.name.clone(),
+            raft_addr: spec.raft_addr.clone(),
+            http_addr: spec.http_addr.clone(),
+        };
+        if let Some(f) = fwd {
+            match f.probe(&node).await {
+                Ok((id, name)) if id == spec.id && name == spec.name => {}
+                Ok((id, name)) => {
+                    return Err(refuse(
+                        &spec,
+                        format!("{} answers as {name} (id {id})", spec.raft_addr),
+                    ))
+                }
+                Err(e) => {
+                    return Err(refuse(
+                        &spec,
+                        format!("cannot reach {} at {}: {e}", spec.name, spec.raft_addr),
+                    ))
+                }
+            }
+        }
+        let members = raft.members();
+        if let Some(m) = members.iter().find(|m| m.id == spec.id) {
+            tracing::info!(node_id = spec.id, name = %spec.name, "join: already a member");
+            return Ok(JoinOutcome {
+                leader_id: raft.id(),
+                voter: m.voter,
+                replaced: None,
+            });
+        }
+        let replaced = members
+            .iter()
+            .find(|m| m.node.name == spec.name)
+            .map(|m| m.id);
+        if let Some(old) = replaced {
+            if old == raft.id() {
+                return Err(refuse(&spec, format!("the leader is named {}", spec.name)));
+            }
+            tracing::warn!(old_id = old, new_id = spec.id, name = %spec.name,
+                "join: replacing the record of a member with the same name (wiped data directory)");
+            raft.remove(BTreeSet::from([old])).await?;
+        }
+        tracing::info!(node_id = spec.id, name = %spec.name, raft_addr = %spec.raft_addr, "join: adding learner");
+        raft.add_learner(spec.id, node).await?;
+        let voters = raft.members().iter().filter(|m| m.voter).count();
+        let voter = voters < self.max_voters;
+        if voter {
+            raft.promote(BTreeSet::from([spec.id])).await?;
+            tracing::info!(node_id = spec.id, "join: promoted to voter");
+        }
+        Ok(JoinOutcome {
+            leader_id: raft.id(),
+            voter,
+            replaced,
+        })
+    }
+
+    /// Remove member `id` gracefully. A leader that is asked to remove itself hands leadership
+    /// to another voter first and lets the new leader remove it. A removed voter is replaced by
+    /// the oldest learner while there are fewer than `max_voters`.
+    pub async fn leave(
+        &self,
+        raft: &RaftNode,
+        fwd: Option<&dyn LeaderForwarder>,
+        id: NodeId,
+    ) -> Result<NodeId, RaftError> {
+        let members = raft.members();
+        let Some(member) = members.iter().find(|m| m.id == id) else {
+            return Err(RaftError::UnknownMember(id.to_string()));
+        };
+        if let Some(leader) = leader_elsewhere(raft)? {
+            let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
+            return f.leave(&leader, id).await.map_err(forwarded);
+        }
+        if id == raft.id() {
+            let Some(next) = members.iter().find(|m| m.voter && m.id != id) else {
+                return Err(RaftError::Refused("the last voter cannot leave".into()));
+            };
+            tracing::info!(
+                to = next.id,
+                "leave: transferring leadership before leaving"
+            );
+            raft.transfer_leader(next.id, Duration::from_secs(10))
+                .await?;
+            let leader = leader_elsewhere(raft)?.ok_or(RaftError::NotLeader { leader: None })?;
+            let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
+            return f.leave(&leader, id).await.map_err(forwarded);
+        }
+        tracing::info!(node_id = id, name = %member.node.name, "leave: removing member");
+        raft.remove(BTreeSet::from([id])).await?;
+        if member.voter {
+            let now = raft.members();
+            let voters = now.iter().filter(|m| m.voter).count();
+            if let Some(learner) = now.iter().find(|m| !m.voter) {
+                if voters < self.max_voters {
+                    tracing::info!(node_id = learner.id, "leave: promoting a learner to voter");
+                    raft.promote(BTreeSet::from([learner.id])).await?;
+                }
+            }
+        }
+        Ok(id)
+    }
+}
