@@ -9,8 +9,13 @@
 //! - [`clean`]: verify self-signatures, drop junk, apply the flooding defence, check validity.
 //! - [`merge`]: union of a stored and an incoming certificate, deterministic.
 //! - [`index_terms`] and [`summarize`]: what the store indexes and what `op=index` lists.
+//! - [`verify_admin_request`]: authenticate a Hockeypuck-style signed `/pks/replace` or
+//!   `/pks/delete` request.
+//! - [`cert_diff`]: what differs between two versions of one certificate.
+pub mod admin;
 mod armor;
 mod clean;
+pub mod diff;
 mod index;
 mod limits;
 mod merge;
@@ -18,8 +23,12 @@ mod parse;
 mod split;
 mod types;
 
+pub use admin::{
+    parse_admin_keyring, verify_admin_request, AdminAction, AdminError, SignedAdminRequest,
+};
 pub use armor::{armor_public_keys, crc24};
 pub use clean::{clean, shed};
+pub use diff::{cert_diff, CertDiff};
 pub use index::{
     index_terms, summarize, vindex_sigs, words, IndexTerms, SigLine, Summary, UidSummary,
 };
