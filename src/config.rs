@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Most voters; further nodes stay learners and serve reads.
     pub max_voters: usize,
+    /// Armored (or binary) certificates of administrators whose detached signatures
+    /// authorise `/pks/delete` and `/pks/replace` (unset: those calls are refused).
+    pub admin_keyring: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +73,7 @@ impl Default for ClusterConfig {
             source_ip: None,
             admin_token_file: None,
             max_voters: 5,
+            admin_keyring: None,
         }
     }
 }

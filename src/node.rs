@@ -158,6 +158,16 @@ impl Node {
                 write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
                 limits: config.limits.to_limits()?,
                 admin_token,
+                admin_keys: Arc::new(match &cluster.admin_keyring {
+                    Some(p) => {
+                        let bytes = std::fs::read(p).with_context(|| {
+                            format!("reading the admin keyring {}", p.display())
+                        })?;
+                        crate::pgp::parse_admin_keyring(&bytes)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                    }
+                    None => Vec::new(),
+                }),
             }),
         };
         let workers = if config.hkp.workers == 0 {

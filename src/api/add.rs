@@ -11,7 +11,7 @@ use futures::StreamExt;
 use super::error::ApiError;
 use super::query::pairs;
 use super::AppState;
-use crate::raft::ItemReport;
+use crate::raft::{ItemReport, Status};
 
 /// Handle one submission; bounded by the request timeout.
 pub async fn add(
@@ -23,7 +23,10 @@ pub async fn add(
     let work = async {
         let body = read_limited(body, limit).await?;
         let keytext = keytext(&req, body)?;
-        let (report, index) = state.keys.submit(keytext, state.settings.limits).await?;
+        let (report, index) = state
+            .keys
+            .submit(keytext, state.settings.limits, &actor(&req))
+            .await?;
         Ok::<_, ApiError>(respond(&req, &report, index))
     };
     match tokio::time::timeout(state.settings.write_timeout, work).await {
@@ -74,8 +77,33 @@ fn wants_json(req: &HttpRequest) -> bool {
     mr || accept
 }
 
-fn respond(req: &HttpRequest, report: &[ItemReport], index: u64) -> HttpResponse {
-    let mut b = HttpResponse::Ok();
+/// Who submitted, for the audit trail.
+pub fn actor(req: &HttpRequest) -> String {
+    match req.peer_addr() {
+        Some(a) => format!("hkp {}", a.ip()),
+        None => "hkp".into(),
+    }
+}
+
+/// The HTTP status of a report: 409 when a write was refused as stale, 412 when `If-Match`
+/// failed, else 200 (per-item results are in the body).
+pub fn report_status(report: &[ItemReport]) -> actix_web::http::StatusCode {
+    use actix_web::http::StatusCode;
+    if report.iter().any(|r| r.status == Status::Stale) {
+        StatusCode::CONFLICT
+    } else if report
+        .iter()
+        .any(|r| r.status == Status::PreconditionFailed)
+    {
+        StatusCode::PRECONDITION_FAILED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// The answer to a write: per-item lines (or JSON with `options=mr`) and the log index.
+pub fn respond(req: &HttpRequest, report: &[ItemReport], index: u64) -> HttpResponse {
+    let mut b = HttpResponse::build(report_status(report));
     b.insert_header(("X-Keyraft-Log-Index", index.to_string()));
     if wants_json(req) {
         return b.json(serde_json::json!({ "keys": report, "log_index": index }));

@@ -18,7 +18,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Check `Authorization: Bearer <admin token>`.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.settings.admin_token else {
         return Err(ApiError::Unauthorized(
             "no admin token is configured on this node (cluster.admin_token_file)".into(),
@@ -42,7 +42,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::TooLarge(MAX_BODY));
     }

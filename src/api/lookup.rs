@@ -47,10 +47,16 @@ fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse
     let limit = state.settings.result_limit;
     if q.op == LookupOp::Get {
         let mut blocks = state.keys.find_armored(&search, limit)?;
+        let mut etag = None;
         let body = match blocks.len() {
             0 => return Err(ApiError::NotFound("no key matches the search".into())),
-            // The common case: the stored armored form, sent as is.
-            1 => blocks.pop().expect("one block"),
+            // The common case: the stored armored form, sent as is, with the version's ETag
+            // (what admin replace/delete take as If-Match).
+            1 => {
+                let (fpr, block) = blocks.pop().expect("one block");
+                etag = Some(state.keys.etag_of(&fpr)?);
+                block
+            }
             // Several matches: one armor block holding all of them, since not every client
             // reads past the first block.
             _ => {
@@ -58,9 +64,11 @@ fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse
                 crate::raft::armor_public_keys(keys.iter().map(|k| k.cert.as_slice()))
             }
         };
-        return Ok(HttpResponse::Ok()
-            .content_type("application/pgp-keys")
-            .body(body));
+        let mut r = HttpResponse::Ok();
+        if let Some(tag) = etag {
+            r.insert_header(("ETag", tag));
+        }
+        return Ok(r.content_type("application/pgp-keys").body(body));
     }
     let keys = state.keys.find(&search, limit)?;
     if keys.is_empty() {

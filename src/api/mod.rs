@@ -5,8 +5,10 @@
 //! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
 //! in-process tests. Status codes come from one place, [`error::ApiError`].
 pub mod add;
+pub mod admin;
 pub mod cluster;
 pub mod cluster_admin;
+pub mod conflicts;
 pub mod error;
 pub mod format;
 pub mod health;
@@ -40,6 +42,8 @@ pub struct ApiSettings {
     pub limits: Limits,
     /// Bearer token for mutating `/cluster` calls; `None` refuses them all.
     pub admin_token: Option<String>,
+    /// Certificates whose signatures authorise `/pks/delete` and `/pks/replace`.
+    pub admin_keys: Arc<Vec<sequoia_openpgp::Cert>>,
 }
 
 impl Default for ApiSettings {
@@ -50,6 +54,7 @@ impl Default for ApiSettings {
             write_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             admin_token: None,
+            admin_keys: Arc::default(),
         }
     }
 }
@@ -90,6 +95,16 @@ pub fn app(
                 .route(web::post().to(add::add))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(
+            web::resource("/pks/delete")
+                .route(web::post().to(admin::signed))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/pks/replace")
+                .route(web::post().to(admin::signed))
+                .default_service(web::to(method_not_allowed)),
+        )
         .route("/health", web::get().to(health::health))
         .route("/ready", web::get().to(health::ready))
         .route("/cluster/status", web::get().to(cluster::status))
@@ -100,5 +115,22 @@ pub fn app(
         .route("/cluster/digest", web::get().to(cluster::digest))
         .route("/cluster/join", web::post().to(cluster_admin::join))
         .route("/cluster/leave", web::post().to(cluster_admin::leave))
+        .route("/cluster/admin/delete", web::post().to(admin::delete))
+        .route("/cluster/admin/replace", web::post().to(admin::replace))
+        .route("/cluster/audit", web::get().to(conflicts::audit))
+        .route("/cluster/conflicts", web::get().to(conflicts::list))
+        .route(
+            "/cluster/conflicts/policies",
+            web::get().to(conflicts::policies),
+        )
+        .route(
+            "/cluster/conflicts/policies",
+            web::put().to(conflicts::set_policies),
+        )
+        .route("/cluster/conflicts/{id}", web::get().to(conflicts::show))
+        .route(
+            "/cluster/conflicts/{id}/resolve",
+            web::post().to(conflicts::resolve),
+        )
         .default_service(web::to(health::not_found))
 }

@@ -1,14 +1,22 @@
 //! Applying one committed command to the state machine. Deterministic: the only time is
 //! the proposer's, the only inputs are the command and the committed state, and every
 //! collection iterated is ordered.
+//!
+//! Versions: every certificate (and tombstone) carries a version vector. A write carries the
+//! version its proposer had stored (its base). If the base descends from what is stored now,
+//! the write applies and the origin's counter advances. Otherwise the proposer had not seen an
+//! earlier update: a conflict, settled by the policy for that kind of write (see
+//! [`super::records::Policies`]) and recorded in the conflicts table. Every item also leaves a
+//! line in the audit trail.
 use std::time::{Duration, UNIX_EPOCH};
 
 use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::Cert;
 
-use super::command::{ApplyOutcome, Command, Op, Response};
+use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
+use super::records::{self, AuditEntry, ConflictRecord, Policy, Resolution, Side, Tombstone};
 use crate::pgp::{self, MergeOutcome};
-use crate::store::{ApplyBatch, CertRecord, IndexKind, IndexTerm, StoreError};
+use crate::store::{ApplyBatch, CertRecord, IndexKind, IndexTerm, StoreError, VersionVector};
 
 /// Apply `cmd`, committed at log `index`, into `batch`. Errors are storage errors only
 /// (they stop the node); per-item problems become [`ApplyOutcome::Rejected`].
@@ -24,40 +32,526 @@ pub fn apply_command(
         });
     }
     batch.record_request(c.request_id, index)?;
+    let mut ctx = Ctx {
+        c,
+        index,
+        seq: 0,
+        policies: records::policies(batch)?,
+    };
     let mut outcomes = Vec::new();
     match &c.op {
-        Op::Submit { certs, limits } => {
-            for bytes in certs {
-                outcomes.push(apply_submit(batch, bytes, limits, c.time, index)?);
+        Op::Submit {
+            certs,
+            limits,
+            bases,
+        } => {
+            for (i, bytes) in certs.iter().enumerate() {
+                let o = apply_submit(batch, &mut ctx, bytes, bases.get(i), limits)?;
+                ctx.audit(batch, "add", &o);
+                outcomes.push(o);
             }
         }
-        Op::Delete { fingerprints } => {
-            for fpr in fingerprints {
-                let outcome = match pgp::Fingerprint::from_hex(fpr) {
-                    Some(f) if batch.delete_cert(&f.0)? => ApplyOutcome::Deleted {
-                        fingerprint: f.to_hex(),
-                    },
-                    Some(f) => ApplyOutcome::NotFound {
-                        fingerprint: f.to_hex(),
-                    },
+        Op::Delete {
+            fingerprints,
+            bases,
+            if_match,
+            reason,
+        } => {
+            for (i, fpr) in fingerprints.iter().enumerate() {
+                let o = match pgp::Fingerprint::from_hex(fpr) {
+                    Some(f) => apply_delete(
+                        batch,
+                        &mut ctx,
+                        &f.0,
+                        bases.get(i),
+                        if_match.as_deref(),
+                        reason,
+                    )?,
                     None => ApplyOutcome::Rejected {
                         fingerprint: fpr.clone(),
                         reason: "not a fingerprint".into(),
                     },
                 };
-                outcomes.push(outcome);
+                ctx.audit(batch, "delete", &o);
+                outcomes.push(o);
             }
+        }
+        Op::Replace {
+            cert,
+            base,
+            if_match,
+            limits,
+        } => {
+            let o = apply_replace(batch, &mut ctx, cert, base, if_match.as_deref(), limits)?;
+            ctx.audit(batch, "replace", &o);
+            outcomes.push(o);
+        }
+        Op::SetPolicies { policies } => {
+            records::set_policies(batch, policies);
+            let o = ApplyOutcome::PoliciesSet;
+            ctx.audit_line(batch, "policies", None, format!("{policies:?}"));
+            outcomes.push(o);
+        }
+        Op::Resolve { id, choose, note } => {
+            let o = apply_resolve(batch, &mut ctx, *id, choose, note)?;
+            ctx.audit(batch, "resolve", &o);
+            outcomes.push(o);
         }
     }
     Ok(Response { outcomes })
 }
 
+/// Per-command state while applying.
+struct Ctx<'a> {
+    c: &'a CommandV1,
+    index: u64,
+    seq: u16,
+    policies: records::Policies,
+}
+
+impl Ctx<'_> {
+    fn next_id(&mut self) -> u64 {
+        self.seq = self.seq.saturating_add(1);
+        (self.index << 16) | u64::from(self.seq)
+    }
+
+    fn audit(&mut self, batch: &mut ApplyBatch, action: &str, o: &ApplyOutcome) {
+        let (fpr, line) = describe(o);
+        self.audit_line(batch, action, fpr, line);
+    }
+
+    fn audit_line(
+        &mut self,
+        batch: &mut ApplyBatch,
+        action: &str,
+        fingerprint: Option<String>,
+        outcome: String,
+    ) {
+        self.seq = self.seq.saturating_add(1);
+        records::put_audit(
+            batch,
+            &AuditEntry {
+                index: self.index,
+                seq: self.seq,
+                time: self.c.time,
+                actor: self.c.actor.clone(),
+                origin: self.c.origin,
+                action: action.into(),
+                fingerprint,
+                outcome,
+            },
+        );
+    }
+
+    /// The version after this command wrote over `current`, given its `base`.
+    fn next_version(&self, current: &VersionVector, base: Option<&VersionVector>) -> VersionVector {
+        let mut v = base.map_or_else(|| current.clone(), |b| current.join(b));
+        v.increment(self.c.origin);
+        v
+    }
+
+    fn side(&self, cert: Option<Vec<u8>>, base: Option<&VersionVector>) -> Side {
+        Side {
+            version: base.cloned().unwrap_or_default(),
+            origin: self.c.origin,
+            time: self.c.time,
+            cert,
+            actor: self.c.actor.clone(),
+        }
+    }
+
+    /// Record a conflict and return its outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn conflict(
+        &mut self,
+        batch: &mut ApplyBatch,
+        fingerprint: &str,
+        kind: &str,
+        policy: Policy,
+        current: Side,
+        incoming: Side,
+        resolved_as: Option<&str>,
+    ) -> ApplyOutcome {
+        let id = self.next_id();
+        let status = if resolved_as.is_some() {
+            "resolved"
+        } else {
+            "open"
+        };
+        records::put_conflict(
+            batch,
+            &ConflictRecord {
+                id,
+                fingerprint: fingerprint.to_string(),
+                kind: kind.into(),
+                policy,
+                status: status.into(),
+                index: self.index,
+                time: self.c.time,
+                current,
+                incoming,
+                resolution: resolved_as.map(|r| Resolution {
+                    choose: r.into(),
+                    by: "policy".into(),
+                    note: String::new(),
+                    actor: "raft".into(),
+                    index: self.index,
+                    time: self.c.time,
+                }),
+            },
+        );
+        ApplyOutcome::Conflict {
+            fingerprint: fingerprint.to_string(),
+            id,
+            policy,
+            status: status.into(),
+        }
+    }
+}
+
+fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
+    match o {
+        ApplyOutcome::New { fingerprint } => (Some(fingerprint.clone()), "new".into()),
+        ApplyOutcome::Updated { fingerprint } => (Some(fingerprint.clone()), "updated".into()),
+        ApplyOutcome::Unchanged { fingerprint } => (Some(fingerprint.clone()), "unchanged".into()),
+        ApplyOutcome::Deleted { fingerprint } => (Some(fingerprint.clone()), "deleted".into()),
+        ApplyOutcome::NotFound { fingerprint } => (Some(fingerprint.clone()), "not found".into()),
+        ApplyOutcome::Replaced { fingerprint } => (Some(fingerprint.clone()), "replaced".into()),
+        ApplyOutcome::Rejected {
+            fingerprint,
+            reason,
+        } => (Some(fingerprint.clone()), format!("rejected: {reason}")),
+        ApplyOutcome::Conflict {
+            fingerprint,
+            id,
+            policy,
+            status,
+        } => (
+            Some(fingerprint.clone()),
+            format!("conflict {id} ({status}, policy {policy:?})"),
+        ),
+        ApplyOutcome::Stale {
+            fingerprint,
+            current,
+        } => (
+            Some(fingerprint.clone()),
+            format!("stale, refused (current {current})"),
+        ),
+        ApplyOutcome::PreconditionFailed {
+            fingerprint,
+            current,
+        } => (
+            Some(fingerprint.clone()),
+            format!("If-Match failed (current {current})"),
+        ),
+        ApplyOutcome::PoliciesSet => (None, "policies set".into()),
+        ApplyOutcome::Resolved { id } => (None, format!("conflict {id} resolved")),
+        ApplyOutcome::Duplicate => (None, "duplicate".into()),
+    }
+}
+
+/// Store `cert` (binary, canonical) under its fingerprint with `version`.
+fn store_cert(
+    batch: &mut ApplyBatch,
+    ctx: &Ctx,
+    cert: &Cert,
+    bytes: Vec<u8>,
+    created_at: Option<u64>,
+    version: VersionVector,
+) -> Result<(), StoreError> {
+    let time = ctx.c.time;
+    let fpr = cert.fingerprint().as_bytes().to_vec();
+    let summary = pgp::summarize(cert, UNIX_EPOCH + Duration::from_secs(time));
+    batch.put_rendered(&fpr, pgp::armor_public_keys([bytes.as_slice()]));
+    batch.delete(crate::store::Table::Tombstones, &fpr);
+    batch.put_cert(CertRecord {
+        fingerprint: fpr,
+        cert: bytes,
+        summary: rmp_serde::to_vec_named(&summary).expect("summaries serialize"),
+        terms: store_terms(&pgp::index_terms(cert)),
+        created_at: created_at.unwrap_or(time),
+        updated_at: time,
+        updated_index: ctx.index,
+        version,
+        origin: ctx.c.origin,
+    })
+}
+
+/// Union of `stored` (binary, if any) and `incoming`; `None` when nothing changed.
+type Merged = Option<(Box<Cert>, Vec<u8>)>;
+
+fn merge(
+    stored: Option<&[u8]>,
+    incoming: Cert,
+    limits: &pgp::Limits,
+) -> Result<Merged, pgp::PgpError> {
+    Ok(match pgp::merge(stored, incoming, limits)? {
+        MergeOutcome::Unchanged => None,
+        MergeOutcome::New(c, b) | MergeOutcome::Updated(c, b) => Some((c, b)),
+    })
+}
+
 fn apply_submit(
     batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
     bytes: &[u8],
+    base: Option<&VersionVector>,
     limits: &pgp::Limits,
-    time: u64,
-    index: u64,
+) -> Result<ApplyOutcome, StoreError> {
+    let incoming = match Cert::from_bytes(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(ApplyOutcome::Rejected {
+                fingerprint: String::new(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    let fpr = incoming.fingerprint().as_bytes().to_vec();
+    let fingerprint = incoming.fingerprint().to_hex();
+    let rejected = |e: pgp::PgpError| ApplyOutcome::Rejected {
+        fingerprint: fingerprint.clone(),
+        reason: e.to_string(),
+    };
+    let stored = batch.get_cert(&fpr)?;
+    if stored.is_none() {
+        if let Some(t) = records::tombstone(batch, &fpr)? {
+            let fresh = base.is_none_or(|b| b.descends(&t.version));
+            let policy = ctx.policies.add_after_delete;
+            let revive = fresh
+                || policy == Policy::Merge
+                || (policy == Policy::LastWriterWins && ctx.c.time > t.time);
+            if !fresh && policy == Policy::Reject {
+                return Ok(ApplyOutcome::Stale {
+                    fingerprint,
+                    current: t.version.etag(),
+                });
+            }
+            if revive {
+                let Some((cert, merged)) = merge(None, incoming, limits)
+                    .map_err(rejected)
+                    .ok()
+                    .flatten()
+                else {
+                    return Ok(ApplyOutcome::Unchanged { fingerprint });
+                };
+                let version = ctx.next_version(&t.version, base);
+                store_cert(batch, ctx, &cert, merged.clone(), None, version)?;
+                if fresh {
+                    return Ok(ApplyOutcome::New { fingerprint });
+                }
+                let current = tomb_side(&t);
+                let inc = ctx.side(Some(merged), base);
+                let how = policy_name(policy);
+                return Ok(ctx.conflict(
+                    batch,
+                    &fingerprint,
+                    "add_after_delete",
+                    policy,
+                    current,
+                    inc,
+                    Some(how),
+                ));
+            }
+            let current = tomb_side(&t);
+            let inc = ctx.side(Some(bytes.to_vec()), base);
+            let resolved = (policy == Policy::LastWriterWins).then_some("last-writer-wins");
+            return Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "add_after_delete",
+                policy,
+                current,
+                inc,
+                resolved,
+            ));
+        }
+    }
+    let Some(rec) = stored else {
+        return Ok(match merge(None, incoming, limits) {
+            Ok(Some((cert, merged))) => {
+                let version = ctx.next_version(&VersionVector::default(), base);
+                store_cert(batch, ctx, &cert, merged, None, version)?;
+                ApplyOutcome::New { fingerprint }
+            }
+            Ok(None) => ApplyOutcome::Unchanged { fingerprint },
+            Err(e) => rejected(e),
+        });
+    };
+    let fresh = base.is_none_or(|b| b.descends(&rec.version));
+    let policy = ctx.policies.add;
+    if fresh || policy == Policy::Merge {
+        return Ok(match merge(Some(&rec.cert), incoming, limits) {
+            Ok(Some((cert, merged))) => {
+                let version = ctx.next_version(&rec.version, base);
+                store_cert(
+                    batch,
+                    ctx,
+                    &cert,
+                    merged.clone(),
+                    Some(rec.created_at),
+                    version,
+                )?;
+                if fresh {
+                    ApplyOutcome::Updated { fingerprint }
+                } else {
+                    let (cur, inc) = (cert_side(&rec), ctx.side(Some(bytes.to_vec()), base));
+                    ctx.conflict(batch, &fingerprint, "add", policy, cur, inc, Some("merge"))
+                }
+            }
+            Ok(None) => ApplyOutcome::Unchanged { fingerprint },
+            Err(e) => rejected(e),
+        });
+    }
+    let (cur, inc) = (cert_side(&rec), ctx.side(Some(bytes.to_vec()), base));
+    match policy {
+        Policy::Reject => Ok(ApplyOutcome::Stale {
+            fingerprint,
+            current: rec.version.etag(),
+        }),
+        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "add", policy, cur, inc, None)),
+        Policy::LastWriterWins | Policy::Merge => {
+            if incoming_wins(ctx, &rec) {
+                let (cert, merged) = match merge(None, incoming, limits) {
+                    Ok(Some(x)) => x,
+                    Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
+                    Err(e) => return Ok(rejected(e)),
+                };
+                let version = ctx.next_version(&rec.version, base);
+                store_cert(batch, ctx, &cert, merged, Some(rec.created_at), version)?;
+            }
+            Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "add",
+                policy,
+                cur,
+                inc,
+                Some("last-writer-wins"),
+            ))
+        }
+    }
+}
+
+/// Last writer wins: the later proposer time, ties broken by the higher origin id.
+fn incoming_wins(ctx: &Ctx, rec: &CertRecord) -> bool {
+    (ctx.c.time, ctx.c.origin) > (rec.updated_at, rec.origin)
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::Merge => "merge",
+        Policy::LastWriterWins => "last-writer-wins",
+        Policy::Reject => "reject",
+        Policy::Manual => "manual",
+    }
+}
+
+fn cert_side(rec: &CertRecord) -> Side {
+    Side {
+        version: rec.version.clone(),
+        origin: rec.origin,
+        time: rec.updated_at,
+        cert: Some(rec.cert.clone()),
+        actor: String::new(),
+    }
+}
+
+fn tomb_side(t: &Tombstone) -> Side {
+    Side {
+        version: t.version.clone(),
+        origin: t.origin,
+        time: t.time,
+        cert: None,
+        actor: t.actor.clone(),
+    }
+}
+
+/// Remove the stored certificate and leave a tombstone with `version`.
+fn bury(
+    batch: &mut ApplyBatch,
+    ctx: &Ctx,
+    fpr: &[u8],
+    version: VersionVector,
+    reason: &str,
+) -> Result<(), StoreError> {
+    batch.delete_cert(fpr)?;
+    records::put_tombstone(
+        batch,
+        fpr,
+        &Tombstone {
+            version,
+            time: ctx.c.time,
+            index: ctx.index,
+            origin: ctx.c.origin,
+            actor: ctx.c.actor.clone(),
+            reason: reason.to_string(),
+        },
+    );
+    Ok(())
+}
+
+fn apply_delete(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    fpr: &[u8],
+    base: Option<&VersionVector>,
+    if_match: Option<&str>,
+    reason: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let fingerprint = hex::encode_upper(fpr);
+    let Some(rec) = batch.get_cert(fpr)? else {
+        return Ok(ApplyOutcome::NotFound { fingerprint });
+    };
+    if let Some(tag) = if_match {
+        if tag != rec.version.etag() {
+            return Ok(ApplyOutcome::PreconditionFailed {
+                fingerprint,
+                current: rec.version.etag(),
+            });
+        }
+    }
+    let fresh = base.is_none_or(|b| b.descends(&rec.version));
+    let version = ctx.next_version(&rec.version, base);
+    if fresh {
+        bury(batch, ctx, fpr, version, reason)?;
+        return Ok(ApplyOutcome::Deleted { fingerprint });
+    }
+    let policy = ctx.policies.delete;
+    let (cur, inc) = (cert_side(&rec), ctx.side(None, base));
+    match policy {
+        Policy::Reject => Ok(ApplyOutcome::Stale {
+            fingerprint,
+            current: rec.version.etag(),
+        }),
+        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "delete", policy, cur, inc, None)),
+        Policy::Merge | Policy::LastWriterWins => {
+            // A delete merged with an update is still a delete: the update is recorded in the
+            // conflict, so it is not lost silently.
+            let delete_wins = policy == Policy::Merge || incoming_wins(ctx, &rec);
+            if delete_wins {
+                bury(batch, ctx, fpr, version, reason)?;
+            }
+            Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "delete",
+                policy,
+                cur,
+                inc,
+                Some(policy_name(policy)),
+            ))
+        }
+    }
+}
+
+fn apply_replace(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    bytes: &[u8],
+    base: &VersionVector,
+    if_match: Option<&str>,
+    limits: &pgp::Limits,
 ) -> Result<ApplyOutcome, StoreError> {
     let incoming = match Cert::from_bytes(bytes) {
         Ok(c) => c,
@@ -71,34 +565,163 @@ fn apply_submit(
     let fpr = incoming.fingerprint().as_bytes().to_vec();
     let fingerprint = incoming.fingerprint().to_hex();
     let stored = batch.get_cert(&fpr)?;
-    let (cert, merged) =
-        match pgp::merge(stored.as_ref().map(|r| r.cert.as_slice()), incoming, limits) {
-            Ok(MergeOutcome::Unchanged) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
-            Ok(MergeOutcome::New(c, b)) | Ok(MergeOutcome::Updated(c, b)) => (c, b),
-            Err(e) => {
-                return Ok(ApplyOutcome::Rejected {
-                    fingerprint,
-                    reason: e.to_string(),
-                })
+    let current_version = match &stored {
+        Some(r) => r.version.clone(),
+        None => records::tombstone(batch, &fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default(),
+    };
+    if let Some(tag) = if_match {
+        if tag != current_version.etag() {
+            return Ok(ApplyOutcome::PreconditionFailed {
+                fingerprint,
+                current: current_version.etag(),
+            });
+        }
+    }
+    let (cert, canonical) = match merge(None, incoming, limits) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
+        Err(e) => {
+            return Ok(ApplyOutcome::Rejected {
+                fingerprint,
+                reason: e.to_string(),
+            })
+        }
+    };
+    let fresh = base.descends(&current_version);
+    let policy = ctx.policies.replace;
+    let version = ctx.next_version(&current_version, Some(base));
+    let created = stored.as_ref().map(|r| r.created_at);
+    if fresh {
+        store_cert(batch, ctx, &cert, canonical, created, version)?;
+        return Ok(ApplyOutcome::Replaced { fingerprint });
+    }
+    let cur = match &stored {
+        Some(r) => cert_side(r),
+        None => Side {
+            version: current_version.clone(),
+            origin: 0,
+            time: 0,
+            cert: None,
+            actor: String::new(),
+        },
+    };
+    let inc = ctx.side(Some(canonical.clone()), Some(base));
+    match policy {
+        Policy::Reject => Ok(ApplyOutcome::Stale {
+            fingerprint,
+            current: current_version.etag(),
+        }),
+        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "replace", policy, cur, inc, None)),
+        Policy::Merge | Policy::LastWriterWins => {
+            let wins = stored.as_ref().is_none_or(|r| incoming_wins(ctx, r));
+            if policy == Policy::Merge {
+                let merged = match merge(stored.as_ref().map(|r| r.cert.as_slice()), *cert, limits)
+                {
+                    Ok(Some(x)) => Some(x),
+                    Ok(None) => None,
+                    Err(e) => {
+                        return Ok(ApplyOutcome::Rejected {
+                            fingerprint,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                if let Some((c, b)) = merged {
+                    store_cert(batch, ctx, &c, b, created, version)?;
+                }
+            } else if wins {
+                store_cert(batch, ctx, &cert, canonical, created, version)?;
             }
-        };
-    let summary = pgp::summarize(&cert, UNIX_EPOCH + Duration::from_secs(time));
-    let created_at = stored.as_ref().map_or(time, |r| r.created_at);
-    batch.put_rendered(&fpr, pgp::armor_public_keys([merged.as_slice()]));
-    batch.put_cert(CertRecord {
-        fingerprint: fpr,
-        cert: merged,
-        summary: rmp_serde::to_vec_named(&summary).expect("summaries serialize"),
-        terms: store_terms(&pgp::index_terms(&cert)),
-        created_at,
-        updated_at: time,
-        updated_index: index,
-    })?;
-    Ok(if stored.is_some() {
-        ApplyOutcome::Updated { fingerprint }
-    } else {
-        ApplyOutcome::New { fingerprint }
-    })
+            Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "replace",
+                policy,
+                cur,
+                inc,
+                Some(policy_name(policy)),
+            ))
+        }
+    }
+}
+
+fn apply_resolve(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    id: u64,
+    choose: &str,
+    note: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let Some(mut c) = records::conflict(batch, id)? else {
+        return Ok(ApplyOutcome::Rejected {
+            fingerprint: String::new(),
+            reason: format!("no conflict {id}"),
+        });
+    };
+    let rejected = |reason: String| ApplyOutcome::Rejected {
+        fingerprint: c.fingerprint.clone(),
+        reason,
+    };
+    if c.status != "open" {
+        return Ok(rejected(format!("conflict {id} is {}, not open", c.status)));
+    }
+    let Some(fpr) = pgp::Fingerprint::from_hex(&c.fingerprint) else {
+        return Ok(rejected("bad fingerprint in conflict".into()));
+    };
+    let fpr = fpr.0;
+    let stored = batch.get_cert(&fpr)?;
+    let current_version = match &stored {
+        Some(r) => r.version.clone(),
+        None => records::tombstone(batch, &fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default(),
+    };
+    let version = ctx.next_version(&current_version, Some(&c.incoming.version));
+    let created = stored.as_ref().map(|r| r.created_at);
+    let limits = pgp::Limits::default();
+    match (choose, &c.incoming.cert) {
+        ("current", _) => {}
+        ("incoming", None) | ("merge", None) => {
+            if stored.is_some() {
+                bury(batch, ctx, &fpr, version, "conflict resolution")?;
+            }
+        }
+        ("incoming", Some(b)) | ("merge", Some(b)) => {
+            let Ok(incoming) = Cert::from_bytes(b) else {
+                return Ok(rejected(
+                    "stored incoming certificate does not parse".into(),
+                ));
+            };
+            let base = if choose == "merge" {
+                stored.as_ref().map(|r| r.cert.as_slice())
+            } else {
+                None
+            };
+            match merge(base, incoming, &limits) {
+                Ok(Some((cert, bytes))) => store_cert(batch, ctx, &cert, bytes, created, version)?,
+                Ok(None) => {}
+                Err(e) => return Ok(rejected(e.to_string())),
+            }
+        }
+        (other, _) => {
+            return Ok(rejected(format!(
+                "choose must be current, incoming or merge, not {other:?}"
+            )))
+        }
+    }
+    c.status = "resolved".into();
+    c.resolution = Some(Resolution {
+        choose: choose.into(),
+        by: "operator".into(),
+        note: note.into(),
+        actor: ctx.c.actor.clone(),
+        index: ctx.index,
+        time: ctx.c.time,
+    });
+    records::put_conflict(batch, &c);
+    Ok(ApplyOutcome::Resolved { id })
 }
 
 /// Convert pgp's terms into the store's, sorted (BTreeSets are ordered).

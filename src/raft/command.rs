@@ -5,6 +5,10 @@
 //! and canonical certificate bytes already validated on the receiving node.
 use serde::{Deserialize, Serialize};
 
+use super::records::Policies;
+pub use super::records::Policy;
+use crate::store::VersionVector;
+
 /// A replicated state-machine command. New versions are added as new variants; old ones stay
 /// decodable forever because they live in logs and snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +25,13 @@ pub struct CommandV1 {
     pub time: u64,
     /// What to do.
     pub op: Op,
+    /// The node that validated and proposed the command (0 in commands written before
+    /// versions existed); its counter advances in the versions this command writes.
+    #[serde(default)]
+    pub origin: u64,
+    /// Who asked, for the audit trail (`hkp <address>`, `admin-token`, `admin-key <fpr>`).
+    #[serde(default)]
+    pub actor: String,
 }
 
 /// The operation a command performs.
@@ -32,9 +43,40 @@ pub enum Op {
         certs: Vec<Vec<u8>>,
         /// The proposer's limits; apply uses these, never the local configuration.
         limits: crate::pgp::Limits,
+        /// Per certificate (same order), the version the proposer had stored when it
+        /// validated the request. Missing in old commands: no conflict check.
+        #[serde(default)]
+        bases: Vec<VersionVector>,
     },
-    /// Remove certificates by primary fingerprint (upper-case hex).
-    Delete { fingerprints: Vec<String> },
+    /// Remove certificates by primary fingerprint (upper-case hex), leaving tombstones.
+    Delete {
+        fingerprints: Vec<String>,
+        /// Per fingerprint, the version the proposer saw.
+        #[serde(default)]
+        bases: Vec<VersionVector>,
+        /// `If-Match`: the ETag the stored version must still have, else nothing happens.
+        #[serde(default)]
+        if_match: Option<String>,
+        /// Why (a GDPR request, abuse...), kept in the tombstone.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Replace a whole certificate (administrator), already validated and cleaned.
+    Replace {
+        #[serde(with = "serde_bytes")]
+        cert: Vec<u8>,
+        base: VersionVector,
+        if_match: Option<String>,
+        limits: crate::pgp::Limits,
+    },
+    /// Change the conflict policies from this log index on.
+    SetPolicies { policies: Policies },
+    /// Settle conflict `id`: `current`, `incoming` or `merge`.
+    Resolve {
+        id: u64,
+        choose: String,
+        note: String,
+    },
 }
 
 /// What applying one command produced, in the order of the command's items.
@@ -60,6 +102,30 @@ pub enum ApplyOutcome {
     Rejected { fingerprint: String, reason: String },
     /// The command's request id was applied before; nothing was done again.
     Duplicate,
+    /// A replace stored the new certificate.
+    Replaced { fingerprint: String },
+    /// The write raced another one; `status` is `open` (kept for an operator) or `resolved`
+    /// (settled by `policy`).
+    Conflict {
+        fingerprint: String,
+        id: u64,
+        policy: Policy,
+        status: String,
+    },
+    /// The reject policy refused a stale write; `current` is the stored version's ETag.
+    Stale {
+        fingerprint: String,
+        current: String,
+    },
+    /// `If-Match` did not match the stored version's ETag (`current`, empty if none).
+    PreconditionFailed {
+        fingerprint: String,
+        current: String,
+    },
+    /// Policies changed.
+    PoliciesSet,
+    /// A conflict was resolved.
+    Resolved { id: u64 },
 }
 
 mod serde_bytes_vec {

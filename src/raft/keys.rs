@@ -12,9 +12,11 @@ use sequoia_openpgp::serialize::MarshalInto;
 use super::admission::{Admission, JoinOutcome, JoinSpec};
 use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
 use super::forward::LeaderForwarder;
+use super::records;
 use super::types::NodeId;
 use super::{RaftError, RaftNode};
 use crate::pgp::{self, Limits, Parsed, PgpError};
+use crate::store::VersionVector;
 use crate::store::{CertRecord, IndexKind, Store, StoreStats};
 
 pub use crate::pgp::{armor_public_keys, Summary, UidSummary};
@@ -50,6 +52,12 @@ pub enum Status {
     Updated,
     Unchanged,
     Rejected,
+    /// The write raced another update and waits for an operator (`/cluster/conflicts`).
+    Conflict,
+    /// The reject policy refused the write as stale (HTTP 409).
+    Stale,
+    /// `If-Match` did not match the stored version (HTTP 412).
+    PreconditionFailed,
 }
 
 /// One line of a submission report.
@@ -182,6 +190,16 @@ impl Keyserver {
         Err(last)
     }
 
+    /// The local replica (for the raft layer's own read modules).
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The ETag of the version this replica holds for `fpr`.
+    pub fn etag_of(&self, fpr: &[u8]) -> Result<String, RaftError> {
+        Ok(self.version_of(fpr)?.etag())
+    }
+
     /// The Raft node, for status and health.
     pub fn raft(&self) -> &RaftNode {
         &self.raft
@@ -196,12 +214,38 @@ impl Keyserver {
         ((self.node_id as u128) << 96) ^ ((nanos as u128) << 32) ^ n as u128
     }
 
+    /// The version this replica holds for `fpr` (a certificate's or a tombstone's): the base a
+    /// write proposed from here carries.
+    pub fn version_of(&self, fpr: &[u8]) -> Result<VersionVector, RaftError> {
+        if let Some(r) = self.store.get_cert(fpr)? {
+            return Ok(r.version);
+        }
+        Ok(records::read_tombstone(&self.store, fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default())
+    }
+
+    fn command(&self, op: Op, actor: &str) -> Command {
+        Command::V1(CommandV1 {
+            request_id: self.request_id(),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            op,
+            origin: self.node_id,
+            actor: actor.to_string(),
+        })
+    }
+
     /// Validate, clean and propose a submission; answers once committed and applied here.
-    /// Returns the per-item report and the log index of the write.
+    /// Returns the per-item report and the log index of the write. `actor` is recorded in the
+    /// audit trail.
     pub async fn submit(
         &self,
         body: Vec<u8>,
         limits: Limits,
+        actor: &str,
     ) -> Result<(Vec<ItemReport>, u64), SubmitError> {
         let now = SystemTime::now();
         let started = std::time::Instant::now();
@@ -212,14 +256,21 @@ impl Keyserver {
         if clean.is_empty() {
             return Err(SubmitError::NothingValid(report));
         }
-        let cmd = Command::V1(CommandV1 {
-            request_id: self.request_id(),
-            time: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
-            op: Op::Submit {
-                certs: clean,
+        let mut bases = Vec::with_capacity(clean.len());
+        for (fpr, _) in &clean {
+            bases.push(self.version_of(fpr)?);
+        }
+        let certs = clean.into_iter().map(|(_, c)| c).collect();
+        let mut cmd = self.command(
+            Op::Submit {
+                certs,
                 limits,
+                bases,
             },
-        });
+            actor,
+        );
+        let Command::V1(c) = &mut cmd;
+        c.time = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let prepared = started.elapsed();
         let (resp, index) = self.commit(cmd).await?;
         tracing::debug!(?prepared, committed = ?started.elapsed() - prepared, index, "submit");
@@ -227,18 +278,69 @@ impl Keyserver {
         Ok((report, index))
     }
 
-    /// Delete certificates by primary fingerprint (admin).
-    pub async fn delete(&self, fingerprints: Vec<String>) -> Result<Vec<ItemReport>, RaftError> {
-        let cmd = Command::V1(CommandV1 {
-            request_id: self.request_id(),
-            time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            op: Op::Delete { fingerprints },
-        });
-        let (resp, _) = self.commit(cmd).await?;
-        Ok(resp.outcomes.into_iter().map(item_report).collect())
+    /// Delete certificates by primary fingerprint (admin), leaving tombstones. With
+    /// `if_match`, only if the stored version still has that ETag.
+    pub async fn delete(
+        &self,
+        fingerprints: Vec<String>,
+        if_match: Option<String>,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(Vec<ItemReport>, u64), RaftError> {
+        let mut bases = Vec::new();
+        for f in &fingerprints {
+            let fpr = pgp::Fingerprint::from_hex(f)
+                .map(|f| f.0)
+                .unwrap_or_default();
+            bases.push(self.version_of(&fpr)?);
+        }
+        let op = Op::Delete {
+            fingerprints,
+            bases,
+            if_match,
+            reason: reason.to_string(),
+        };
+        let (resp, index) = self.commit(self.command(op, actor)).await?;
+        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+    }
+
+    /// Replace a whole certificate (admin): validated and cleaned here like a submission, then
+    /// stored as is (not merged). With `if_match`, only if the stored version has that ETag.
+    pub async fn replace(
+        &self,
+        body: Vec<u8>,
+        limits: Limits,
+        if_match: Option<String>,
+        actor: &str,
+    ) -> Result<(Vec<ItemReport>, u64), SubmitError> {
+        let now = SystemTime::now();
+        let (clean, report) = tokio::task::spawn_blocking(move || prepare(&body, &limits, now))
+            .await
+            .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))?
+            .map_err(SubmitError::Refused)?;
+        let mut clean = clean.into_iter();
+        let (Some((fpr, cert)), None) = (clean.next(), clean.next()) else {
+            return Err(SubmitError::NothingValid(report));
+        };
+        let base = self.version_of(&fpr)?;
+        let op = Op::Replace {
+            cert,
+            base,
+            if_match,
+            limits,
+        };
+        let (resp, index) = self.commit(self.command(op, actor)).await?;
+        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+    }
+
+    /// Propose an operation whose only outcome is applied state (policies, resolutions).
+    pub async fn propose(
+        &self,
+        op: Op,
+        actor: &str,
+    ) -> Result<(Vec<ApplyOutcome>, u64), RaftError> {
+        let (resp, index) = self.commit(self.command(op, actor)).await?;
+        Ok((resp.outcomes, index))
     }
 
     /// Primary fingerprints matching `search`, at most `limit`, from the local replica.
@@ -266,11 +368,15 @@ impl Keyserver {
 
     /// The stored armored form of each certificate matching `search` (what `op=get` sends:
     /// no encoding on the read path), at most `limit`.
-    pub fn find_armored(&self, search: &Search, limit: usize) -> Result<Vec<Vec<u8>>, RaftError> {
+    pub fn find_armored(
+        &self,
+        search: &Search,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RaftError> {
         let mut out = Vec::new();
         for f in self.fingerprints(search, limit)? {
             if let Some(a) = self.store.get_rendered(&f)? {
-                out.push(a);
+                out.push((f, a));
             }
         }
         Ok(out)
@@ -330,8 +436,46 @@ fn view(r: CertRecord) -> Result<KeyView, RaftError> {
 fn item_report(o: ApplyOutcome) -> ItemReport {
     let (fingerprint, status, reason) = match o {
         ApplyOutcome::New { fingerprint } => (fingerprint, Status::New, None),
-        ApplyOutcome::Updated { fingerprint } | ApplyOutcome::Deleted { fingerprint } => {
-            (fingerprint, Status::Updated, None)
+        ApplyOutcome::Updated { fingerprint }
+        | ApplyOutcome::Deleted { fingerprint }
+        | ApplyOutcome::Replaced { fingerprint } => (fingerprint, Status::Updated, None),
+        ApplyOutcome::Conflict {
+            fingerprint,
+            id,
+            policy,
+            status,
+        } => {
+            let reason =
+                format!("raced a concurrent update: conflict {id}, {status} (policy {policy:?})");
+            let s = if status == "open" {
+                Status::Conflict
+            } else {
+                Status::Updated
+            };
+            (fingerprint, s, Some(reason))
+        }
+        ApplyOutcome::Stale {
+            fingerprint,
+            current,
+        } => (
+            fingerprint,
+            Status::Stale,
+            Some(format!(
+                "the certificate changed concurrently; current version {current}"
+            )),
+        ),
+        ApplyOutcome::PreconditionFailed {
+            fingerprint,
+            current,
+        } => (
+            fingerprint,
+            Status::PreconditionFailed,
+            Some(format!(
+                "If-Match does not match the current version {current}"
+            )),
+        ),
+        ApplyOutcome::PoliciesSet | ApplyOutcome::Resolved { .. } => {
+            (String::new(), Status::Updated, None)
         }
         ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {
             (fingerprint, Status::Unchanged, None)
@@ -354,11 +498,14 @@ fn item_report(o: ApplyOutcome) -> ItemReport {
 }
 
 /// Parse and clean a submission (CPU-bound; runs on a blocking thread).
+/// Cleaned certificates as (primary fingerprint bytes, canonical binary).
+type Cleaned = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn prepare(
     body: &[u8],
     limits: &Limits,
     now: SystemTime,
-) -> Result<(Vec<Vec<u8>>, Vec<ItemReport>), PgpError> {
+) -> Result<(Cleaned, Vec<ItemReport>), PgpError> {
     let mut clean = Vec::new();
     let mut report = Vec::new();
     for item in pgp::parse_submission(body, limits)? {
@@ -374,10 +521,11 @@ fn prepare(
             }
         };
         let fingerprint = cert.fingerprint().to_hex();
+        let fpr = cert.fingerprint().as_bytes().to_vec();
         match pgp::clean(cert, limits, now)
             .and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string())))
         {
-            Ok(bytes) => clean.push(bytes),
+            Ok(bytes) => clean.push((fpr, bytes)),
             Err(e) => report.push(ItemReport {
                 fingerprint,
                 status: Status::Rejected,

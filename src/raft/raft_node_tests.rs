@@ -19,7 +19,12 @@ fn delete(request_id: u128, fpr: &str) -> Command {
         time: 1_700_000_000,
         op: Op::Delete {
             fingerprints: vec![fpr.to_string()],
+            bases: Vec::new(),
+            if_match: None,
+            reason: String::new(),
         },
+        origin: 1,
+        actor: "test".into(),
     })
 }
 

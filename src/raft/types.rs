@@ -73,13 +73,18 @@ impl fmt::Display for Command {
                     certs.len(),
                     c.request_id
                 ),
-                Op::Delete { fingerprints } => {
+                Op::Delete { fingerprints, .. } => {
                     write!(
                         f,
                         "v1 delete {} fpr(s) req={:x}",
                         fingerprints.len(),
                         c.request_id
                     )
+                }
+                Op::Replace { .. } => write!(f, "v1 replace req={:x}", c.request_id),
+                Op::SetPolicies { .. } => write!(f, "v1 set policies req={:x}", c.request_id),
+                Op::Resolve { id, choose, .. } => {
+                    write!(f, "v1 resolve {id} {choose} req={:x}", c.request_id)
                 }
             },
         }

@@ -9,6 +9,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use super::db::{CF_CERTS, CF_DEDUP, CF_RENDERED, CF_SM_META};
 use super::record::{CertRecord, IndexKind};
+use super::tables::Table;
 use super::{Store, StoreError};
 
 /// How many log entries a request id is remembered for duplicate detection.
@@ -23,6 +24,7 @@ pub struct ApplyBatch {
     meta: BTreeMap<String, Vec<u8>>,
     requests: BTreeMap<u128, u64>,
     count_delta: i64,
+    tables: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl Store {
@@ -35,6 +37,7 @@ impl Store {
             meta: BTreeMap::new(),
             requests: BTreeMap::new(),
             count_delta: 0,
+            tables: BTreeMap::new(),
         }
     }
 }
@@ -151,6 +154,36 @@ impl ApplyBatch {
         Ok(())
     }
 
+    /// Put a table value.
+    pub fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.batch.put_cf(self.store.cf(table.cf()), key, &value);
+        self.tables.insert((table, key.to_vec()), Some(value));
+    }
+
+    /// Delete a table value.
+    pub fn delete(&mut self, table: Table, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(table.cf()), key);
+        self.tables.insert((table, key.to_vec()), None);
+    }
+
+    /// This batch's pending value for a table key: `Some(None)` when deleted here.
+    pub(super) fn pending_table(&self, table: Table, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.tables.get(&(table, key.to_vec())).cloned()
+    }
+
+    /// The store under this batch.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A state-machine metadata value, including this batch's pending writes.
+    pub fn get_sm_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.meta.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None => self.store.sm_meta_get(key),
+        }
+    }
+
     /// Set a state-machine metadata value (last applied id, membership...).
     pub fn set_sm_meta(&mut self, key: &str, value: Vec<u8>) {
         self.meta.insert(key.to_string(), value);
@@ -206,6 +239,8 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             updated_index: 1,
+            version: Default::default(),
+            origin: 0,
         }
     }
 

@@ -26,7 +26,7 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// Column families holding state-machine data (replaced wholesale by a snapshot install).
-pub(crate) const SM_CFS: [&str; 9] = [
+pub(crate) const SM_CFS: [&str; 12] = [
     CF_CERTS,
     CF_RENDERED,
     "idx_fpr",
@@ -36,6 +36,9 @@ pub(crate) const SM_CFS: [&str; 9] = [
     "idx_word",
     CF_DEDUP,
     CF_SM_META,
+    "tombstones",
+    "conflicts",
+    "audit",
 ];
 
 /// Handle to the node's RocksDB database. Cheap to clone.

@@ -16,7 +16,10 @@
 //! | `dedup` | request id (16 bytes) | log index (8 bytes, big-endian) |
 //! | `raft_log` | log index (big-endian u64) | serialized entry |
 //! | `raft_meta` | name | vote, purged id, node id... |
-//! | `sm_meta` | name | last applied, membership, counters |
+//! | `sm_meta` | name | last applied, membership, counters, conflict policies |
+//! | `tombstones` | primary fingerprint | tombstone of a deleted certificate (raft-encoded) |
+//! | `conflicts` | conflict id (u64, big-endian) | conflict record (raft-encoded) |
+//! | `audit` | log index ++ sequence (u16) | audit entry (raft-encoded) |
 //!
 //! # Common operations
 //! [`Store::open`] once per process; [`Store::begin_apply`] → [`ApplyBatch::put_cert`] →
@@ -27,12 +30,14 @@ mod db;
 mod query;
 mod record;
 mod snapshot;
+mod tables;
 pub mod version;
 
 pub use apply_batch::ApplyBatch;
 pub use db::Store;
 pub use query::StoreStats;
 pub use record::{CertRecord, IndexKind, IndexTerm};
+pub use tables::Table;
 pub use version::{Causality, VersionVector};
 
 /// Errors of the storage layer.

@@ -1,10 +1,11 @@
 //! Certificate records as stored in the `certs` column family, and index terms.
 //!
-//! Every value starts with a format version byte. Version 1 is MessagePack of [`CertRecord`].
-//! Old versions stay decodable forever (frozen `v1` decoding below); new fields mean a new
-//! version byte and a migration in [`CertRecord::decode`].
+//! Every value starts with a format version byte: MessagePack (named fields) of [`CertRecord`]
+//! follows. Version 1 had no version vector and origin; they decode as empty and 0. Old versions
+//! stay decodable forever (frozen samples below); new fields mean a new version byte.
 use serde::{Deserialize, Serialize};
 
+use super::version::VersionVector;
 use super::StoreError;
 
 /// Which index a term belongs to. The discriminant is part of the on-disk format.
@@ -82,14 +83,21 @@ pub struct CertRecord {
     pub updated_at: u64,
     /// Raft log index of the last change.
     pub updated_index: u64,
+    /// Version vector of the last change (node id → counter); empty for v1 records.
+    #[serde(default)]
+    pub version: VersionVector,
+    /// The node the last change came through (0 for v1 records).
+    #[serde(default)]
+    pub origin: u64,
 }
 
 const V1: u8 = 1;
+const V2: u8 = 2;
 
 impl CertRecord {
     /// Encode with the current format version.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![V1];
+        let mut out = vec![V2];
         out.extend(rmp_serde::to_vec_named(self).expect("records always serialize"));
         out
     }
@@ -97,10 +105,12 @@ impl CertRecord {
     /// Decode any known format version.
     pub fn decode(bytes: &[u8]) -> Result<CertRecord, StoreError> {
         match bytes.first() {
-            Some(&V1) => rmp_serde::from_slice(&bytes[1..]).map_err(|e| StoreError::Corrupt {
-                cf: "certs",
-                reason: e.to_string(),
-            }),
+            Some(&V1) | Some(&V2) => {
+                rmp_serde::from_slice(&bytes[1..]).map_err(|e| StoreError::Corrupt {
+                    cf: "certs",
+                    reason: e.to_string(),
+                })
+            }
             Some(&v) => Err(StoreError::UnknownVersion {
                 cf: "certs",
                 version: v,
@@ -126,6 +136,8 @@ mod tests {
             created_at: 1_700_000_000,
             updated_at: 1_700_000_001,
             updated_index: 7,
+            version: VersionVector::default(),
+            origin: 0,
         }
     }
 
@@ -135,20 +147,38 @@ mod tests {
         assert_eq!(CertRecord::decode(&r.encode()).unwrap(), r);
     }
 
-    /// A frozen v1 sample: if this fails, the on-disk format changed without a version bump.
+    /// A frozen v1 record (written by earlier releases) still decodes, with an empty version.
     #[test]
     fn frozen_v1_sample_decodes() {
-        let frozen = sample().encode();
-        assert_eq!(frozen[0], 1);
-        let hex = hex::encode(&frozen);
-        assert_eq!(
-            hex,
+        let frozen = hex::decode(
             "0187ab66696e6765727072696e74c414ababababababababababababababababababababa463657274\
              c403010203a773756d6d617279c40109a57465726d739192a5456d61696c9b6140622e6578616d70\
              6c65aa637265617465645f6174ce6553f100aa757064617465645f6174ce6553f101ad7570646174\
-             65645f696e64657807"
+             65645f696e64657807",
+        )
+        .unwrap();
+        assert_eq!(CertRecord::decode(&frozen).unwrap(), sample());
+    }
+
+    /// A frozen v2 sample: if this fails, the on-disk format changed without a version bump.
+    #[test]
+    fn frozen_v2_sample() {
+        let mut r = sample();
+        r.version.increment(3);
+        r.origin = 3;
+        let hex = hex::encode(r.encode());
+        assert_eq!(hex, FROZEN_V2, "{hex}");
+        assert_eq!(
+            CertRecord::decode(&hex::decode(FROZEN_V2).unwrap()).unwrap(),
+            r
         );
     }
+
+    const FROZEN_V2: &str =
+        "0289ab66696e6765727072696e74c414ababababababababababababababababababababa4636572\
+     74c403010203a773756d6d617279c40109a57465726d739192a5456d61696c9b6140622e6578616d\
+     706c65aa637265617465645f6174ce6553f100aa757064617465645f6174ce6553f101ad75706461\
+     7465645f696e64657807a776657273696f6e810301a66f726967696e03";
 
     #[test]
     fn unknown_version_is_an_error() {

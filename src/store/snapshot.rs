@@ -12,10 +12,12 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use super::db::{CF_CERTS, CF_DEDUP, CF_RENDERED, CF_SM_META, SM_CFS};
 use super::record::CertRecord;
+use super::tables::Table;
 use super::{Store, StoreError};
 
 const MAGIC: &[u8] = b"KEYRAFT-SNAP";
-const VERSION: u8 = 1;
+/// Version 2 added `T` frames (tombstones, conflicts, audit); version 1 streams still install.
+const VERSION: u8 = 2;
 
 fn frame(out: &mut dyn Write, tag: u8, payload: &[u8]) -> std::io::Result<()> {
     out.write_all(&[tag])?;
@@ -73,6 +75,22 @@ impl Store {
                 frames += 1;
             }
         }
+        for table in Table::ALL {
+            for item in snap.iterator_cf(self.cf(table.cf()), IteratorMode::Start) {
+                let (k, v) = item?;
+                let triple = (
+                    table as u8,
+                    serde_bytes::ByteBuf::from(k.to_vec()),
+                    serde_bytes::ByteBuf::from(v.to_vec()),
+                );
+                frame(
+                    out,
+                    b'T',
+                    &rmp_serde::to_vec(&triple).expect("triples serialize"),
+                )?;
+                frames += 1;
+            }
+        }
         frame(out, b'E', &frames.to_be_bytes())?;
         out.flush()?;
         Ok(meta)
@@ -84,7 +102,7 @@ impl Store {
     pub fn snapshot_install(&self, input: &mut dyn Read) -> Result<(), StoreError> {
         let mut head = [0u8; 13];
         input.read_exact(&mut head)?;
-        if &head[..12] != MAGIC || head[12] != VERSION {
+        if &head[..12] != MAGIC || !(1..=VERSION).contains(&head[12]) {
             return Err(corrupt("bad magic or version"));
         }
         let mut batch = WriteBatch::default();
@@ -119,6 +137,13 @@ impl Store {
                         batch.put_cf(self.cf(kind.cf()), key, []);
                     }
                     batch.put_cf(self.cf(CF_CERTS), &rec.fingerprint, &payload);
+                }
+                b'T' => {
+                    let (t, k, v): (u8, serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+                        rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
+                    let table =
+                        Table::from_u8(t).ok_or_else(|| corrupt(format!("unknown table {t}")))?;
+                    batch.put_cf(self.cf(table.cf()), k, v);
                 }
                 b'E' => {
                     let n = u64::from_be_bytes(
@@ -156,11 +181,14 @@ mod tests {
             created_at: 1,
             updated_at: 2,
             updated_index: 3,
+            version: Default::default(),
+            origin: 0,
         })
         .unwrap();
         b.put_rendered(&[7; 20], b"armored".to_vec());
         b.set_sm_meta("last_applied", vec![3]);
         b.record_request(99, 3).unwrap();
+        b.put(Table::Conflicts, &7u64.to_be_bytes(), b"conflict".to_vec());
         b.commit().unwrap();
         let mut buf = Vec::new();
         let meta = a.snapshot_write(&mut buf).unwrap();
@@ -178,6 +206,8 @@ mod tests {
                 created_at: 1,
                 updated_at: 1,
                 updated_index: 1,
+                version: Default::default(),
+                origin: 0,
             })
             .unwrap();
         other.commit().unwrap();
@@ -193,6 +223,10 @@ mod tests {
         assert!(bs.find(IndexKind::Word, b"bob", 5).unwrap().is_empty());
         assert_eq!(bs.cert_count().unwrap(), 1);
         assert!(bs.begin_apply().seen_request(99).unwrap());
+        assert_eq!(
+            bs.get(Table::Conflicts, &7u64.to_be_bytes()).unwrap(),
+            Some(b"conflict".to_vec())
+        );
         assert_eq!(
             bs.get_rendered(&[7; 20]).unwrap().as_deref(),
             Some(&b"armored"[..])
