@@ -1,0 +1,11 @@
+//! Real multi-process clusters of the built binary on loopback addresses: formation, mTLS,
+//! membership changes, partitions (iptables on test-only loopback addresses), snapshots, ten
+//! nodes. Each test starts several processes; run with `--test-threads 1`.
+mod harness;
+
+mod formation;
+mod membership;
+mod partition;
+mod snapshot;
+mod ten;
+mod tls;

@@ -1,0 +1,206 @@
+//! Membership changes: graceful leave (`POST /cluster/leave`, `keyraft leave`) of followers and
+//! of the leader, the admin token guarding it, and a wiped node rejoining under a new id that
+//! replaces its old record.
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+const TOKEN: &str = "admin-token-for-tests";
+
+fn leave(m: &Member, token: Option<&str>, body: &serde_json::Value) -> Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body).unwrap()
+    };
+    m.request("POST", "/cluster/leave", &headers, &body)
+        .expect("an answer to /cluster/leave")
+}
+
+/// Wait (bounded) until every member in `on` lists exactly the ids in `ids`.
+fn wait_members(on: &[&Member], ids: &[u64]) {
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    for m in on {
+        let got = poll(Duration::from_secs(60), || {
+            let mut have: Vec<u64> = m.members().iter().map(|x| x.0).collect();
+            have.sort_unstable();
+            (have == want).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "{} lists {:?}, expected {want:?}",
+            m.name,
+            m.members()
+        );
+    }
+}
+
+#[test]
+fn followers_and_then_the_leader_leave_gracefully_and_writes_go_on() {
+    let t = TestDir::new();
+    let certs = debian_certs(3);
+    let token = t.file("admin-token", &format!("{TOKEN}\n"));
+    let names = ["n1", "n2", "n3", "n4", "n5"];
+    let members = start_cluster(&t, &names, |s| s.admin_token(&token));
+    let all: Vec<&Member> = members.iter().collect();
+    let ids: Vec<u64> = members.iter().map(Member::id).collect();
+    wait_members(&all, &ids);
+    let leader = leader_of(&all);
+    let followers: Vec<usize> = (0..5).filter(|&i| i != leader).collect();
+    let (f1, f2, other) = (followers[0], followers[1], followers[2]);
+
+    tracing_phase("no token or a wrong token: 401, nobody removed");
+    let r = leave(&members[other], None, &json!({ "name": names[f1] }));
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = leave(
+        &members[other],
+        Some("wrong-token"),
+        &json!({ "name": names[f1] }),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = leave(
+        &members[leader],
+        Some("wrong-token"),
+        &serde_json::Value::Null,
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    wait_members(&all, &ids);
+
+    tracing_phase("a follower leaves by id, asked through another follower");
+    let r = leave(&members[other], Some(TOKEN), &json!({ "id": ids[f1] }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["removed"].as_u64(), Some(ids[f1]), "{v}");
+    let remaining: Vec<usize> = (0..5).filter(|&i| i != f1).collect();
+    let ids_left: Vec<u64> = remaining.iter().map(|&i| ids[i]).collect();
+    wait_members(
+        &remaining.iter().map(|&i| &members[i]).collect::<Vec<_>>(),
+        &ids_left,
+    );
+
+    tracing_phase("a second follower leaves by name, asked through the leader");
+    let r = leave(&members[leader], Some(TOKEN), &json!({ "name": names[f2] }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["removed"].as_u64(), Some(ids[f2]), "{v}");
+    let remaining: Vec<usize> = (0..5).filter(|&i| i != f1 && i != f2).collect();
+    let ids_left: Vec<u64> = remaining.iter().map(|&i| ids[i]).collect();
+    wait_members(
+        &remaining.iter().map(|&i| &members[i]).collect::<Vec<_>>(),
+        &ids_left,
+    );
+    let r = members[other].post(&certs[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    for &i in &remaining {
+        assert!(served(&members[i], &certs[0].0, index), "{}", names[i]);
+    }
+
+    tracing_phase("the leader leaves (keyraft leave, no --name: the node asked)");
+    let out = Command::new(BIN)
+        .args(["leave", "--server", &members[leader].http.to_string()])
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keyraft leave: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest: Vec<&Member> = followers
+        .iter()
+        .filter(|&&i| i != f1 && i != f2)
+        .map(|&i| &members[i])
+        .collect();
+    let rest_ids: Vec<u64> = rest.iter().map(|m| m.id()).collect();
+    assert_eq!(rest.len(), 2);
+    wait_members(&rest, &rest_ids);
+    let new_leader = rest[leader_of(&rest)];
+    assert_ne!(new_leader.name, names[leader], "leadership moved");
+    for m in &rest {
+        let list = m.members();
+        assert!(
+            list.iter().all(|x| x.2),
+            "both remaining are voters: {list:?}"
+        );
+        assert!(
+            !list
+                .iter()
+                .any(|x| x.1 == names[leader] || x.0 == ids[leader]),
+            "{list:?}"
+        );
+    }
+
+    tracing_phase("writes go on through the remaining nodes");
+    for (k, m) in rest.iter().enumerate() {
+        let r = m.post(&certs[1 + k].1);
+        assert_eq!(r.status, 200, "{}: {}", m.name, r.text());
+        let index = log_index(&r);
+        for n in &rest {
+            assert!(served(n, &certs[1 + k].0, index), "{}", n.name);
+            assert!(served(n, &certs[0].0, index), "{}", n.name);
+        }
+    }
+}
+
+#[test]
+fn a_wiped_node_rejoins_under_a_new_id_that_replaces_its_old_record() {
+    let t = TestDir::new();
+    let certs = debian_certs(2);
+    let mut members = start_cluster(&t, &["n1", "n2", "n3"], |s| s);
+    let r = members[0].post(&certs[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first_index = log_index(&r);
+
+    let leader = leader_of(&members.iter().collect::<Vec<_>>());
+    // n2 or n3 (they carry --join), whichever does not lead.
+    let x = if leader == 1 { 2 } else { 1 };
+    let old_id = members[x].id();
+    let name = members[x].name.clone();
+
+    tracing_phase(&format!("kill -9 {name}, wipe its data, start it again"));
+    members[x].kill9();
+    members[x].wipe();
+    members[x].spawn();
+    members[x].wait_ready();
+    let new_id = members[x].id();
+    assert_ne!(new_id, old_id, "a wiped node never reuses its id");
+
+    tracing_phase("the old record is replaced: same name, new id, still three voters");
+    let all: Vec<&Member> = members.iter().collect();
+    let want: Vec<u64> = all.iter().map(|m| m.id()).collect();
+    wait_members(&all, &want);
+    for m in &all {
+        let list = m.members();
+        assert_eq!(list.len(), 3, "{}: {list:?}", m.name);
+        assert!(list.iter().all(|x| x.2), "three voters: {list:?}");
+        assert!(!list.iter().any(|x| x.0 == old_id), "{list:?}");
+        assert!(
+            list.iter().any(|x| x.0 == new_id && x.1 == name),
+            "{list:?}"
+        );
+    }
+    let v = members[leader].stats();
+    assert_eq!(v["node"]["voters"].as_array().unwrap().len(), 3, "{v}");
+    assert!(v["node"]["learners"].as_array().unwrap().is_empty(), "{v}");
+
+    tracing_phase("the rejoined node has the old data and takes writes");
+    assert!(served(&members[x], &certs[0].0, first_index));
+    let r = members[x].post(&certs[1].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    for m in &members {
+        assert!(served(m, &certs[1].0, index), "{}", m.name);
+    }
+}
