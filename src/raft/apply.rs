@@ -746,3 +746,7 @@ fn store_terms(t: &pgp::IndexTerms) -> Vec<IndexTerm> {
     );
     out
 }
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

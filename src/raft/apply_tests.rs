@@ -1,0 +1,304 @@
+//! Apply-level tests of versions and conflict policies over a real store: the races are
+//! built by giving commands stale bases, exactly what a proposer that had not seen an earlier
+//! update sends, so every policy branch runs deterministically.
+use sequoia_openpgp::cert::prelude::*;
+use sequoia_openpgp::parse::Parse;
+use sequoia_openpgp::serialize::MarshalInto;
+
+use super::*;
+use crate::raft::command::CommandV1;
+use crate::raft::records::Policies;
+use crate::store::Store;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    index: u64,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Node {
+            _dir: dir,
+            store,
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, origin: u64, time: u64, op: Op) -> ApplyOutcome {
+        self.index += 1;
+        let cmd = Command::V1(CommandV1 {
+            request_id: self.index as u128,
+            time,
+            op,
+            origin,
+            actor: format!("test {origin}"),
+        });
+        let mut b = self.store.begin_apply();
+        let r = apply_command(&mut b, &cmd, self.index).unwrap();
+        b.commit().unwrap();
+        r.outcomes.into_iter().next().unwrap()
+    }
+
+    fn version(&self, fpr: &[u8]) -> VersionVector {
+        match self.store.get_cert(fpr).unwrap() {
+            Some(r) => r.version,
+            None => records::read_tombstone(&self.store, fpr)
+                .unwrap()
+                .map(|t| t.version)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn uids(&self, fpr: &[u8]) -> Vec<String> {
+        let r = self.store.get_cert(fpr).unwrap().expect("stored");
+        let c = Cert::from_bytes(&r.cert).unwrap();
+        let mut u: Vec<String> = c
+            .userids()
+            .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
+            .collect();
+        u.sort();
+        u
+    }
+}
+
+/// One certificate in two versions: `a` with the first user id, `b` with the second.
+fn two_versions() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (cert, _) = CertBuilder::new()
+        .add_userid("Alice <alice@example.org>")
+        .add_userid("Alice Work <alice@work.example>")
+        .generate()
+        .unwrap();
+    let cert = cert.strip_secret_key_material();
+    let a = cert
+        .clone()
+        .retain_userids(|u| u.userid().value().starts_with(b"Alice <"));
+    let b = cert
+        .clone()
+        .retain_userids(|u| u.userid().value().starts_with(b"Alice Work"));
+    (
+        cert.fingerprint().as_bytes().to_vec(),
+        a.to_vec().unwrap(),
+        b.to_vec().unwrap(),
+    )
+}
+
+fn submit(cert: &[u8], base: VersionVector) -> Op {
+    Op::Submit {
+        certs: vec![cert.to_vec()],
+        limits: pgp::Limits::default(),
+        bases: vec![base],
+    }
+}
+
+fn delete(fpr: &[u8], base: VersionVector, if_match: Option<String>) -> Op {
+    Op::Delete {
+        fingerprints: vec![hex::encode_upper(fpr)],
+        bases: vec![base],
+        if_match,
+        reason: "GDPR request".into(),
+    }
+}
+
+fn set(n: &mut Node, p: Policies) {
+    assert_eq!(
+        n.apply(9, 1, Op::SetPolicies { policies: p }),
+        ApplyOutcome::PoliciesSet
+    );
+}
+
+#[test]
+fn concurrent_uploads_merge_and_the_race_is_recorded() {
+    let mut n = Node::new();
+    let (fpr, a, b) = two_versions();
+    assert!(matches!(
+        n.apply(1, 10, submit(&a, VersionVector::default())),
+        ApplyOutcome::New { .. }
+    ));
+    let v1 = n.version(&fpr);
+    assert_eq!(v1.get(1), 1);
+    // Node 2 validated `b` before it had seen node 1's write: its base is empty.
+    let o = n.apply(2, 11, submit(&b, VersionVector::default()));
+    let ApplyOutcome::Conflict { id, status, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(status, "resolved");
+    assert_eq!(n.uids(&fpr).len(), 2, "merge keeps both user ids");
+    let v2 = n.version(&fpr);
+    assert_eq!(v2.compare(&v1), crate::store::Causality::After);
+    assert_eq!(v2.get(2), 1);
+    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
+    assert_eq!((c.kind.as_str(), c.policy), ("add", Policy::Merge));
+    assert_eq!(c.current.origin, 1);
+    assert_eq!(c.incoming.origin, 2);
+    // A fresh write (base = current version) is no conflict.
+    let o = n.apply(2, 12, submit(&a, v2.clone()));
+    assert!(matches!(o, ApplyOutcome::Unchanged { .. }), "{o:?}");
+}
+
+#[test]
+fn manual_keeps_the_stored_version_until_an_operator_resolves() {
+    let mut n = Node::new();
+    set(
+        &mut n,
+        Policies {
+            add: Policy::Manual,
+            ..Policies::default()
+        },
+    );
+    let (fpr, a, b) = two_versions();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let o = n.apply(2, 11, submit(&b, VersionVector::default()));
+    let ApplyOutcome::Conflict { id, status, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(status, "open");
+    assert_eq!(
+        n.uids(&fpr),
+        vec!["Alice <alice@example.org>"],
+        "stored stays"
+    );
+    let o = n.apply(
+        3,
+        12,
+        Op::Resolve {
+            id,
+            choose: "merge".into(),
+            note: "both are hers".into(),
+        },
+    );
+    assert_eq!(o, ApplyOutcome::Resolved { id });
+    assert_eq!(n.uids(&fpr).len(), 2);
+    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
+    assert_eq!(c.status, "resolved");
+    assert_eq!(c.resolution.unwrap().note, "both are hers");
+    let again = n.apply(
+        3,
+        13,
+        Op::Resolve {
+            id,
+            choose: "current".into(),
+            note: String::new(),
+        },
+    );
+    assert!(
+        matches!(again, ApplyOutcome::Rejected { .. }),
+        "only open conflicts resolve"
+    );
+}
+
+#[test]
+fn a_stale_copy_cannot_resurrect_a_deleted_certificate() {
+    let mut n = Node::new();
+    let (fpr, a, b) = two_versions();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let before_delete = n.version(&fpr);
+    assert!(matches!(
+        n.apply(1, 20, delete(&fpr, before_delete.clone(), None)),
+        ApplyOutcome::Deleted { .. }
+    ));
+    assert!(n.store.get_cert(&fpr).unwrap().is_none());
+    // Node 2 had not seen the delete when it validated this upload.
+    let o = n.apply(2, 21, submit(&b, before_delete));
+    let ApplyOutcome::Conflict { id, status, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(status, "open");
+    assert!(n.store.get_cert(&fpr).unwrap().is_none(), "still deleted");
+    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
+    assert_eq!(c.kind, "add_after_delete");
+    assert!(
+        c.current.cert.is_none(),
+        "the current side is the tombstone"
+    );
+    // Someone who saw the delete may upload it again deliberately.
+    let tomb = n.version(&fpr);
+    assert!(matches!(
+        n.apply(2, 22, submit(&b, tomb)),
+        ApplyOutcome::New { .. }
+    ));
+}
+
+#[test]
+fn if_match_guards_admin_writes_and_reject_refuses_stale_ones() {
+    let mut n = Node::new();
+    let (fpr, a, b) = two_versions();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let v = n.version(&fpr);
+    let o = n.apply(1, 11, delete(&fpr, v.clone(), Some("\"stale\"".into())));
+    assert!(
+        matches!(o, ApplyOutcome::PreconditionFailed { .. }),
+        "{o:?}"
+    );
+    assert!(n.store.get_cert(&fpr).unwrap().is_some());
+    set(
+        &mut n,
+        Policies {
+            add: Policy::Reject,
+            ..Policies::default()
+        },
+    );
+    let o = n.apply(2, 12, submit(&b, VersionVector::default()));
+    assert_eq!(
+        o,
+        ApplyOutcome::Stale {
+            fingerprint: hex::encode_upper(&fpr),
+            current: v.etag()
+        }
+    );
+    let o = n.apply(1, 13, delete(&fpr, v.clone(), Some(v.etag())));
+    assert!(matches!(o, ApplyOutcome::Deleted { .. }), "{o:?}");
+}
+
+#[test]
+fn a_delete_racing_an_update_wins_by_default_and_records_the_update() {
+    let mut n = Node::new();
+    let (fpr, a, b) = two_versions();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let seen_by_admin = n.version(&fpr);
+    n.apply(2, 11, submit(&b, seen_by_admin.clone()));
+    let o = n.apply(1, 12, delete(&fpr, seen_by_admin, None));
+    let ApplyOutcome::Conflict {
+        id, status, policy, ..
+    } = o
+    else {
+        panic!("{o:?}")
+    };
+    assert_eq!(
+        (status.as_str(), policy),
+        ("resolved", Policy::LastWriterWins)
+    );
+    assert!(
+        n.store.get_cert(&fpr).unwrap().is_none(),
+        "the later delete wins"
+    );
+    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
+    assert!(
+        c.current.cert.is_some(),
+        "the update it overrode is kept in the record"
+    );
+}
+
+#[test]
+fn apply_is_deterministic_and_audited() {
+    let (fpr, a, b) = two_versions();
+    let run = || {
+        let mut n = Node::new();
+        n.apply(1, 10, submit(&a, VersionVector::default()));
+        n.apply(2, 11, submit(&b, VersionVector::default()));
+        n.apply(1, 12, delete(&fpr, VersionVector::default(), None));
+        let mut snap = Vec::new();
+        n.store.snapshot_write(&mut snap).unwrap();
+        (n, snap)
+    };
+    let (n1, s1) = run();
+    let (_n2, s2) = run();
+    assert_eq!(s1, s2, "same log, same bytes");
+    let audit = records::scan_audit(&n1.store, 0, 100).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["add", "add", "delete"]);
+    assert_eq!(audit[1].actor, "test 2");
+    assert!(audit[1].outcome.contains("conflict"), "{:?}", audit[1]);
+}
