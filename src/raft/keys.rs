@@ -84,6 +84,9 @@ pub enum SubmitError {
     Raft(#[from] RaftError),
 }
 
+/// A primary fingerprint and the stored armored certificate.
+pub type Armored = (Vec<u8>, Vec<u8>);
+
 /// Reads and writes of keys; cheap to clone.
 #[derive(Clone)]
 pub struct Keyserver {
@@ -372,7 +375,7 @@ impl Keyserver {
         &self,
         search: &Search,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RaftError> {
+    ) -> Result<Vec<Armored>, RaftError> {
         let mut out = Vec::new();
         for f in self.fingerprints(search, limit)? {
             if let Some(a) = self.store.get_rendered(&f)? {

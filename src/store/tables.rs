@@ -35,6 +35,9 @@ impl Table {
     }
 }
 
+/// Key-value pairs read from a table.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 impl ApplyBatch {
     /// A table value, including this batch's pending writes.
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -59,7 +62,7 @@ impl Store {
         from: Option<&[u8]>,
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Entries, StoreError> {
         let cf = self.cf(table.cf());
         let mode = match (from, reverse) {
             (Some(k), false) => IteratorMode::From(k, Direction::Forward),
