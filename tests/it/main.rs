@@ -1,4 +1,5 @@
 //! The one integration-test binary: real RocksDB, real Raft, real sockets, real gpg and sq.
+mod admin;
 mod common;
 mod durability;
 mod gpg_e2e;

@@ -1,0 +1,278 @@
+//! Administrator writes against a real node process: Hockeypuck-style `/pks/delete` signed
+//! with the real gpg by a key in the admin keyring (and refused when signed by anyone else),
+//! the JSON admin API with `If-Match` against the `ETag` of `op=get`, conflict policies
+//! changed through the API, and the audit trail telling the story.
+use std::time::Duration;
+
+use keyraft::client::{request, Response};
+
+use crate::common::{Gpg, TestNode};
+
+fn form(fields: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = String::new();
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        for &b in *v {
+            if b.is_ascii_alphanumeric() {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+fn post(n: &TestNode, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    request(
+        n.addr,
+        "POST",
+        target,
+        headers,
+        body,
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+fn put(n: &TestNode, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    request(
+        n.addr,
+        "PUT",
+        target,
+        headers,
+        body,
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+/// A detached armored signature by `signer` over `text`.
+fn sign(gpg: &Gpg, signer: &str, text: &[u8]) -> Vec<u8> {
+    let path = gpg.path().join("keytext");
+    std::fs::write(&path, text).unwrap();
+    let sig = gpg.path().join("keytext.asc");
+    let _ = std::fs::remove_file(&sig);
+    let out = gpg.run(
+        &[
+            "--batch",
+            "--yes",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--local-user",
+            signer,
+            "--armor",
+            "--detach-sign",
+            "--output",
+            sig.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(sig).unwrap()
+}
+
+#[test]
+fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
+    eprintln!("--- an admin key and a user key, made by gpg");
+    let gpg = Gpg::new("hkp://127.0.0.1:1", "");
+    let (admin, _) = gpg.gen_key("Keyserver Admin <admin@example.org>");
+    let (bob, _) = gpg.gen_key("Bob <bob@example.org>");
+    let (mallory, _) = gpg.gen_key("Mallory <mallory@example.org>");
+    let export = |who: &str| gpg.run(&["--armor", "--export", who], None).stdout;
+    let conf_dir = tempfile::tempdir().unwrap();
+    let keyring = conf_dir.path().join("admins.asc");
+    std::fs::write(&keyring, export(&admin)).unwrap();
+    let token = conf_dir.path().join("token");
+    std::fs::write(&token, "admin-t0ken\n").unwrap();
+    let config = conf_dir.path().join("hkp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nadmin_keyring = {:?}\nadmin_token_file = {:?}\n",
+            keyring.display().to_string(),
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let node = TestNode::start(&["--config", config.to_str().unwrap()]);
+    for who in [&bob, &mallory] {
+        let r = node.post_keys(&export(who)).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let get = |fpr: &str| {
+        node.get(&format!("/pks/lookup?op=get&search=0x{fpr}"))
+            .unwrap()
+    };
+    let etag = get(&mallory)
+        .header("etag")
+        .expect("op=get answers an ETag")
+        .to_string();
+    eprintln!("--- mallory's certificate changes: her old ETag is stale");
+    let out = gpg.run(
+        &[
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--quick-add-uid",
+            &mallory,
+            "Mallory Two <mallory2@example.org>",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = node.post_keys(&export(&mallory)).unwrap();
+    assert!(r.text().contains("updated"), "{}", r.text());
+    assert_ne!(get(&mallory).header("etag"), Some(etag.as_str()));
+
+    eprintln!("--- /pks/delete signed by a non-admin key, or unsigned: 403, nothing changes");
+    let keytext = [&b"/pks/delete\n"[..], &export(&bob)].concat();
+    let forged = sign(&gpg, &mallory, &keytext);
+    let ct = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = post(
+        &node,
+        "/pks/delete",
+        &ct,
+        &form(&[("keytext", &keytext), ("keysig", &forged)]),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = post(&node, "/pks/delete", &ct, &form(&[("keytext", &keytext)]));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(get(&bob).status, 200);
+
+    eprintln!("--- signed by the admin key: deleted");
+    let sig = sign(&gpg, &admin, &keytext);
+    let r = post(
+        &node,
+        "/pks/delete",
+        &ct,
+        &form(&[("keytext", &keytext), ("keysig", &sig)]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&bob).status, 404);
+
+    eprintln!("--- JSON admin delete: a stale If-Match is 412, the current ETag deletes");
+    let auth = [
+        ("Authorization", "Bearer admin-t0ken"),
+        ("Content-Type", "application/json"),
+    ];
+    let body = format!(r#"{{"fingerprint":"{mallory}","reason":"GDPR"}}"#);
+    let r = post(
+        &node,
+        "/cluster/admin/delete?options=mr",
+        &[auth[0], auth[1], ("If-Match", &etag)],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(get(&mallory).status, 200);
+    let mallory_tag = get(&mallory).header("etag").unwrap().to_string();
+    let r = post(
+        &node,
+        "/cluster/admin/delete",
+        &[auth[0], auth[1], ("If-Match", &mallory_tag)],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&mallory).status, 404);
+    let r = post(&node, "/cluster/admin/delete", &[auth[1]], body.as_bytes());
+    assert_eq!(r.status, 401);
+
+    eprintln!("--- policies: read, change with the token, refuse nonsense");
+    let p: serde_json::Value =
+        serde_json::from_slice(&node.get("/cluster/conflicts/policies").unwrap().body).unwrap();
+    assert_eq!(p["add"], "merge");
+    assert_eq!(p["add_after_delete"], "manual");
+    let r = put(
+        &node,
+        "/cluster/conflicts/policies",
+        &auth,
+        br#"{"add":"manual"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = put(
+        &node,
+        "/cluster/conflicts/policies",
+        &auth,
+        br#"{"add":"coin-flip"}"#,
+    );
+    assert_eq!(r.status, 400);
+    let r = put(
+        &node,
+        "/cluster/conflicts/policies",
+        &[auth[1]],
+        br#"{"add":"merge"}"#,
+    );
+    assert_eq!(r.status, 401);
+    let p: serde_json::Value =
+        serde_json::from_slice(&node.get("/cluster/conflicts/policies").unwrap().body).unwrap();
+    assert_eq!(p["add"], "manual");
+    let c: serde_json::Value =
+        serde_json::from_slice(&node.get("/cluster/conflicts").unwrap().body).unwrap();
+    assert!(
+        c["conflicts"].as_array().unwrap().is_empty(),
+        "no race happened: {c}"
+    );
+    assert_eq!(node.get("/cluster/conflicts/77").unwrap().status, 404);
+    assert_eq!(node.get("/cluster/conflicts/x").unwrap().status, 400);
+
+    eprintln!("--- the audit trail tells the story");
+    let r = node.get("/cluster/audit?format=jsonl").unwrap();
+    assert_eq!(r.status, 200);
+    let lines: Vec<serde_json::Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let story: Vec<(String, String)> = lines
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        story,
+        vec![
+            ("add".to_string(), "new".to_string()),
+            ("add".into(), "new".into()),
+            ("add".into(), "updated".into()),
+            ("delete".into(), "deleted".into()),
+            (
+                "delete".into(),
+                format!("If-Match failed (current {})", mallory_tag)
+            ),
+            ("delete".into(), "deleted".into()),
+            (
+                "policies".into(),
+                lines[6]["outcome"].as_str().unwrap().to_string()
+            ),
+        ],
+        "{lines:?}"
+    );
+    assert_eq!(lines[3]["actor"], format!("admin-key {admin}"));
+    assert_eq!(lines[5]["actor"], "admin-token");
+    assert!(lines[6]["outcome"].as_str().unwrap().contains("add: Manual"));
+    assert!(lines[0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("hkp 127.0.0.1"));
+}
