@@ -371,11 +371,7 @@ impl Keyserver {
 
     /// The stored armored form of each certificate matching `search` (what `op=get` sends:
     /// no encoding on the read path), at most `limit`.
-    pub fn find_armored(
-        &self,
-        search: &Search,
-        limit: usize,
-    ) -> Result<Vec<Armored>, RaftError> {
+    pub fn find_armored(&self, search: &Search, limit: usize) -> Result<Vec<Armored>, RaftError> {
         let mut out = Vec::new();
         for f in self.fingerprints(search, limit)? {
             if let Some(a) = self.store.get_rendered(&f)? {
