@@ -41,9 +41,10 @@ pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// A test directory with a cluster secret in it.
+/// A test directory with a cluster secret in it. Kept (and its path printed) when the test
+/// fails, so the members' logs and data can be read afterwards.
 pub struct TestDir {
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     pub secret: PathBuf,
 }
 
@@ -52,11 +53,14 @@ impl TestDir {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret-for-tests\n").unwrap();
-        TestDir { dir, secret }
+        TestDir {
+            dir: Some(dir),
+            secret,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("present until drop").path()
     }
 
     /// A member description in this directory with this directory's secret.
@@ -69,6 +73,16 @@ impl TestDir {
         let p = self.path().join(name);
         std::fs::write(&p, content).unwrap();
         p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("test failed: logs and data kept in {}", d.keep().display());
+            }
+        }
     }
 }
 
