@@ -245,6 +245,14 @@ async fn removed(keys: &Keyserver) {
     }
 }
 
+/// A join error that retrying cannot fix: the leader's admission refused (its reasons start
+/// with "refused: "), or TLS rejected a certificate (ours or the leader's). Connection
+/// failures and membership changes in progress are retried.
+fn is_refusal(e: &str) -> bool {
+    let lower = e.to_ascii_lowercase();
+    e.starts_with("refused: ") || lower.contains("certificate") || lower.contains("fatal alert")
+}
+
 /// Read a one-line secret file (trimmed); never logged.
 fn read_secret(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Option<String>> {
     let Some(p) = path else { return Ok(None) };
@@ -315,16 +323,26 @@ async fn join(
                         "joined the cluster through {seed} (leader {})", leader.name);
                     return Ok(());
                 }
-                Err(e) if e.contains("refused") || e.contains("certificate") => {
+                Err(e) if is_refusal(&e) => {
+                    let hint = if e.contains("fatal alert") {
+                        " (the leader rejected this node's TLS certificate: is it issued by the \
+                         cluster CA?)"
+                    } else {
+                        ""
+                    };
                     anyhow::bail!(
-                        "join refused by {} ({}): {e}",
+                        "join refused by {} ({}): {e}{hint}",
                         leader.name,
                         leader.raft_addr
                     )
                 }
                 Err(e) => {
                     last = format!("leader {} at {}: {e}", leader.name, leader.raft_addr);
-                    grpc_failures += 1;
+                    // A refused or timed-out TCP connection is the network (or a leader still
+                    // starting); a connection that opens and then fails is the protocol.
+                    if !e.contains("tcp connect error") && !e.contains("timed out") {
+                        grpc_failures += 1;
+                    }
                     if grpc_failures >= 20 {
                         anyhow::bail!(
                             "join refused: the leader answers over HTTP but not over gRPC \

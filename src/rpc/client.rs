@@ -121,6 +121,7 @@ impl PeerTransport for GrpcTransport {
             RaftCall {
                 kind: super::kind_number(rpc),
                 payload: body,
+                target,
             },
             timeout,
         );
@@ -158,7 +159,12 @@ impl PeerTransport for GrpcTransport {
                 if n == 0 && header.is_empty() {
                     return Ok::<_, std::io::Error>(());
                 }
-                if tx.send(SnapshotChunk { header, data: buf }).await.is_err() || n == 0 {
+                let chunk = SnapshotChunk {
+                    header,
+                    data: buf,
+                    target,
+                };
+                if tx.send(chunk).await.is_err() || n == 0 {
                     return Ok(());
                 }
             }

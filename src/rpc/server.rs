@@ -51,12 +51,27 @@ fn status(e: RaftError) -> Status {
     }
 }
 
+impl RaftSvc {
+    /// Refuse messages meant for another Raft id: after a node's data directory is wiped, a new
+    /// node with a new id answers at the old address, and must not receive the old one's log.
+    fn check_target(&self, target: u64) -> Result<(), String> {
+        let me = self.raft.id();
+        if target != 0 && target != me {
+            return Err(format!("this is node {me}, not node {target}"));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftSvc {
     async fn call(&self, req: Request<RaftCall>) -> Result<Response<RaftReply>, Status> {
         let call = req.into_inner();
         let kind = super::kind_from_number(call.kind)
             .ok_or_else(|| Status::invalid_argument("unknown rpc kind"))?;
+        if let Err(e) = self.check_target(call.target) {
+            return Ok(reply(Err(e)));
+        }
         Ok(reply(
             self.raft
                 .handle_rpc(kind, &call.payload)
@@ -78,6 +93,7 @@ impl RaftService for RaftSvc {
                 .map_err(|e| e.to_string())?;
             while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
                 if header.is_none() {
+                    self.check_target(chunk.target)?;
                     header = Some(chunk.header);
                 }
                 file.write_all(&chunk.data)
