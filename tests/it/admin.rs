@@ -270,7 +270,10 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     );
     assert_eq!(lines[3]["actor"], format!("admin-key {admin}"));
     assert_eq!(lines[5]["actor"], "admin-token");
-    assert!(lines[6]["outcome"].as_str().unwrap().contains("add: Manual"));
+    assert!(lines[6]["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("add: Manual"));
     assert!(lines[0]["actor"]
         .as_str()
         .unwrap()
