@@ -103,7 +103,7 @@ pub async fn resolve(
     };
     let (outcomes, index) = state.keys.propose(op, "admin-token").await?;
     match outcomes.first() {
-        Some(crate::raft::command::ApplyOutcome::Resolved { id }) => Ok(HttpResponse::Ok()
+        Some(crate::raft::command::ApplyOutcome::Resolved { id, .. }) => Ok(HttpResponse::Ok()
             .insert_header(("X-Keyraft-Log-Index", index.to_string()))
             .json(json!({ "resolved": id, "log_index": index }))),
         Some(crate::raft::command::ApplyOutcome::Rejected { reason, .. })

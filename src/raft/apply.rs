@@ -245,7 +245,9 @@ fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
             format!("If-Match failed (current {current})"),
         ),
         ApplyOutcome::PoliciesSet => (None, "policies set".into()),
-        ApplyOutcome::Resolved { id } => (None, format!("conflict {id} resolved")),
+        ApplyOutcome::Resolved { id, fingerprint } => {
+            (Some(fingerprint.clone()), format!("conflict {id} resolved"))
+        }
         ApplyOutcome::Duplicate => (None, "duplicate".into()),
     }
 }
@@ -721,7 +723,10 @@ fn apply_resolve(
         time: ctx.c.time,
     });
     records::put_conflict(batch, &c);
-    Ok(ApplyOutcome::Resolved { id })
+    Ok(ApplyOutcome::Resolved {
+        id,
+        fingerprint: c.fingerprint,
+    })
 }
 
 /// Convert pgp's terms into the store's, sorted (BTreeSets are ordered).

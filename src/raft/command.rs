@@ -125,7 +125,7 @@ pub enum ApplyOutcome {
     /// Policies changed.
     PoliciesSet,
     /// A conflict was resolved.
-    Resolved { id: u64 },
+    Resolved { id: u64, fingerprint: String },
 }
 
 mod serde_bytes_vec {

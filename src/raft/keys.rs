@@ -84,6 +84,10 @@ pub enum SubmitError {
     Raft(#[from] RaftError),
 }
 
+/// How long a write keeps trying to reach a leader (retries reuse the request id, so a write
+/// is never applied twice).
+const COMMIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// A primary fingerprint and the stored armored certificate.
 pub type Armored = (Vec<u8>, Vec<u8>);
 
@@ -154,19 +158,25 @@ impl Keyserver {
     /// entry is applied on this node too, so the caller reads its own write here. A leader
     /// change mid-way is retried with the same request id (apply skips duplicates).
     async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+        use std::time::Duration;
+        // While no leader is known (an election, a partition) the write waits for one, so a
+        // follower cut off for a moment forwards its queued writes once healed. The API's write
+        // timeout bounds the wait for the client; this bound stops the task itself.
+        let deadline = tokio::time::Instant::now() + COMMIT_PATIENCE;
         let mut last = RaftError::NotLeader { leader: None };
-        for _ in 0..3 {
+        while tokio::time::Instant::now() < deadline {
             match self.raft.write(cmd.clone()).await {
                 Err(RaftError::NotLeader { .. }) if self.forwarder.is_some() => {}
                 Err(e @ RaftError::LeaderChanged { .. }) => {
                     last = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
                 other => return other,
             }
             let Some(leader) = self.raft.leader().filter(|l| l.id != self.node_id) else {
                 last = RaftError::NotLeader { leader: None };
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
             let fwd = self.forwarder.as_ref().expect("checked above");
@@ -177,7 +187,7 @@ impl Keyserver {
                     let resp: Response = rmp_serde::from_slice(&resp)
                         .map_err(|e| RaftError::Codec(e.to_string()))?;
                     self.raft
-                        .wait_applied(index, std::time::Duration::from_secs(10))
+                        .wait_applied(index, Duration::from_secs(10))
                         .await?;
                     return Ok((resp, index));
                 }
@@ -186,7 +196,7 @@ impl Keyserver {
                         "forwarding to leader {}: {reason}",
                         leader.id
                     ));
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }
         }

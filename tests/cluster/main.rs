@@ -3,6 +3,7 @@
 //! nodes. Each test starts several processes; run with `--test-threads 1`.
 mod harness;
 
+mod conflicts;
 mod formation;
 mod membership;
 mod partition;

@@ -15,7 +15,7 @@ fn index_in(v: &serde_json::Value) -> Option<u64> {
 
 /// iptables rules in the OUTPUT chain (all loopback traffic passes it), tagged with this test
 /// process's id, removed by `heal` or on drop.
-struct Rules {
+pub(crate) struct Rules {
     specs: Vec<Vec<String>>,
 }
 
@@ -46,7 +46,7 @@ impl Rules {
     }
 
     /// Drop every packet from and to `ip`.
-    fn isolate(ip: IpAddr) -> Rules {
+    pub(crate) fn isolate(ip: IpAddr) -> Rules {
         let ip = ip.to_string();
         let mut r = Rules::new();
         r.add(&["-s", &ip, "-j", "DROP"]);
@@ -54,7 +54,7 @@ impl Rules {
         r
     }
 
-    fn heal(&mut self) {
+    pub(crate) fn heal(&mut self) {
         for spec in self.specs.drain(..) {
             assert!(Self::iptables("-D", &spec), "iptables -D {spec:?}");
         }
@@ -70,7 +70,7 @@ impl Drop for Rules {
 }
 
 /// Test-only loopback addresses 127.0.N.host, N from this process's id.
-fn test_ip(host: u8) -> IpAddr {
+pub(crate) fn test_ip(host: u8) -> IpAddr {
     let net = (std::process::id() % 200 + 20) as u8;
     IpAddr::V4(Ipv4Addr::new(127, 0, net, host))
 }
