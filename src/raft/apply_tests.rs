@@ -305,3 +305,45 @@ fn apply_is_deterministic_and_audited() {
     assert_eq!(audit[1].actor, "test 2");
     assert!(audit[1].outcome.contains("conflict"), "{:?}", audit[1]);
 }
+
+#[test]
+fn a_replace_racing_an_upload_waits_for_an_operator_by_default() {
+    let mut n = Node::new();
+    let (fpr, a, b) = two_versions();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let seen_by_admin = n.version(&fpr);
+    // An upload lands between the administrator's read and the replace.
+    n.apply(2, 11, submit(&b, seen_by_admin.clone()));
+    let replace = |base: VersionVector| Op::Replace {
+        cert: a.clone(),
+        base,
+        if_match: None,
+        limits: pgp::Limits::default(),
+    };
+    let o = n.apply(1, 12, replace(seen_by_admin));
+    let ApplyOutcome::Conflict { id, status, .. } = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(status, "open");
+    assert_eq!(n.uids(&fpr).len(), 2, "the upload is not dropped silently");
+    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
+    assert_eq!(c.kind, "replace");
+    n.apply(
+        3,
+        13,
+        Op::Resolve {
+            id,
+            choose: "incoming".into(),
+            note: String::new(),
+        },
+    );
+    assert_eq!(
+        n.uids(&fpr),
+        vec!["Alice <alice@example.org>"],
+        "the replace wins when chosen"
+    );
+    // A replace based on the current version applies at once.
+    let now = n.version(&fpr);
+    let o = n.apply(1, 14, replace(now));
+    assert!(matches!(o, ApplyOutcome::Replaced { .. }), "{o:?}");
+}

@@ -22,6 +22,7 @@ use openraft::{EntryPayload, OptionalSend};
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
 use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
+use crate::raft::records;
 use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
 use crate::raft::snapshot_files::SnapshotFiles;
 use crate::raft::types::{
@@ -70,6 +71,7 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                audit_membership(&mut batch, entry.log_id.index, m);
                 Response::default()
             }
         };
@@ -83,6 +85,37 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
     }
     batch.commit().map_err(io::Error::other)?;
     Ok(responses)
+}
+
+/// Record a membership change in the audit trail. Membership entries carry no proposer time,
+/// so the entry's time is 0; the log index orders it among the writes.
+fn audit_membership(
+    batch: &mut crate::store::ApplyBatch,
+    index: u64,
+    m: &crate::raft::types::Membership,
+) {
+    let voters: Vec<u64> = m.voter_ids().collect();
+    let learners: Vec<u64> = m.learner_ids().collect();
+    let names: Vec<String> = m
+        .nodes()
+        .map(|(id, n)| format!("{id}={}", n.name))
+        .collect();
+    records::put_audit(
+        batch,
+        &records::AuditEntry {
+            index,
+            seq: 1,
+            time: 0,
+            actor: "raft".into(),
+            origin: 0,
+            action: "membership".into(),
+            fingerprint: None,
+            outcome: format!(
+                "voters {voters:?} learners {learners:?} nodes {}",
+                names.join(" ")
+            ),
+        },
+    );
 }
 
 /// Copy `data` into the snapshot directory, install it into the store, make it current.

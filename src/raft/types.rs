@@ -54,6 +54,8 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 /// A membership config plus the id of the log entry that introduced it.
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A cluster configuration (voters, learners, their records).
+pub type Membership = openraft::Membership<NodeId, KeyraftNode>;
 /// Metadata of a snapshot: last included log id and membership.
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot: metadata plus [`SnapshotData`].

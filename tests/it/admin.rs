@@ -235,10 +235,19 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     eprintln!("--- the audit trail tells the story");
     let r = node.get("/cluster/audit?format=jsonl").unwrap();
     assert_eq!(r.status, 200);
-    let lines: Vec<serde_json::Value> = r
+    let all: Vec<serde_json::Value> = r
         .text()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        all[0]["action"], "membership",
+        "the bootstrap is audited: {all:?}"
+    );
+    assert!(all[0]["outcome"].as_str().unwrap().starts_with("voters ["));
+    let lines: Vec<serde_json::Value> = all
+        .into_iter()
+        .filter(|e| e["action"] != "membership")
         .collect();
     let story: Vec<(String, String)> = lines
         .iter()
