@@ -32,6 +32,7 @@ pub fn apply_command(
         });
     }
     batch.record_request(c.request_id, index)?;
+    records::prune_audit(batch, index, records::policies(batch)?.audit_keep)?;
     let mut ctx = Ctx {
         c,
         index,

@@ -347,3 +347,22 @@ fn a_replace_racing_an_upload_waits_for_an_operator_by_default() {
     let o = n.apply(1, 14, replace(now));
     assert!(matches!(o, ApplyOutcome::Replaced { .. }), "{o:?}");
 }
+
+#[test]
+fn audit_retention_keeps_the_recent_entries() {
+    let mut n = Node::new();
+    set(
+        &mut n,
+        Policies {
+            audit_keep: 3,
+            ..Policies::default()
+        },
+    );
+    for i in 0..8 {
+        let (_, a, _) = two_versions();
+        n.apply(1, 10 + i, submit(&a, VersionVector::default()));
+    }
+    let audit = records::scan_audit(&n.store, 0, 100).unwrap();
+    let indexes: Vec<u64> = audit.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, vec![7, 8, 9], "the last three indexes stay");
+}

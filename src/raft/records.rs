@@ -32,6 +32,9 @@ pub struct Policies {
     pub replace: Policy,
     /// An administrator's delete racing an update it had not seen.
     pub delete: Policy,
+    /// Audit retention: keep the entries of the last this many log indexes (0: keep all).
+    #[serde(default)]
+    pub audit_keep: u64,
 }
 
 impl Default for Policies {
@@ -44,6 +47,7 @@ impl Default for Policies {
             add_after_delete: Policy::Manual,
             replace: Policy::Manual,
             delete: Policy::LastWriterWins,
+            audit_keep: 0,
         }
     }
 }
@@ -215,6 +219,29 @@ pub fn scan_conflicts(
 pub fn put_audit(batch: &mut ApplyBatch, e: &AuditEntry) {
     let key = [&e.index.to_be_bytes()[..], &e.seq.to_be_bytes()].concat();
     batch.put(Table::Audit, &key, enc(e));
+}
+
+/// Most old audit entries removed per write: pruning keeps up with writing, one batch stays small.
+const PRUNE_BATCH: usize = 64;
+
+/// Remove audit entries older than `keep` log indexes before `index` (none when `keep` is 0).
+/// Deterministic: reads committed state only, removes at most [`PRUNE_BATCH`] entries.
+pub fn prune_audit(batch: &mut ApplyBatch, index: u64, keep: u64) -> Result<(), StoreError> {
+    if keep == 0 || index <= keep {
+        return Ok(());
+    }
+    let below = index - keep + 1;
+    for (k, _) in batch.scan_committed(Table::Audit, None, PRUNE_BATCH)? {
+        let at = k
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if at.is_none_or(|at| at >= below) {
+            break;
+        }
+        batch.delete(Table::Audit, &k);
+    }
+    Ok(())
 }
 
 /// Audit entries in log order from index `from` (inclusive), up to `limit`.

@@ -48,6 +48,18 @@ impl ApplyBatch {
     }
 }
 
+impl ApplyBatch {
+    /// Up to `limit` committed entries from `from` upwards (pending writes not included).
+    pub fn scan_committed(
+        &self,
+        table: Table,
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.store().scan(table, from, false, limit)
+    }
+}
+
 impl Store {
     /// A committed table value.
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
