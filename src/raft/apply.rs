@@ -60,7 +60,7 @@ pub fn apply_command(
         } => {
             for (i, fpr) in fingerprints.iter().enumerate() {
                 let o = match pgp::Fingerprint::from_hex(fpr) {
-                    Some(f) => apply_delete(
+                    Some(f) => super::apply_admin::apply_delete(
                         batch,
                         &mut ctx,
                         &f.0,
@@ -83,7 +83,14 @@ pub fn apply_command(
             if_match,
             limits,
         } => {
-            let o = apply_replace(batch, &mut ctx, cert, base, if_match.as_deref(), limits)?;
+            let o = super::apply_admin::apply_replace(
+                batch,
+                &mut ctx,
+                cert,
+                base,
+                if_match.as_deref(),
+                limits,
+            )?;
             ctx.audit(batch, "replace", &o);
             outcomes.push(o);
         }
@@ -94,7 +101,7 @@ pub fn apply_command(
             outcomes.push(o);
         }
         Op::Resolve { id, choose, note } => {
-            let o = apply_resolve(batch, &mut ctx, *id, choose, note)?;
+            let o = super::apply_admin::apply_resolve(batch, &mut ctx, *id, choose, note)?;
             ctx.audit(batch, "resolve", &o);
             outcomes.push(o);
         }
@@ -103,11 +110,11 @@ pub fn apply_command(
 }
 
 /// Per-command state while applying.
-struct Ctx<'a> {
-    c: &'a CommandV1,
-    index: u64,
+pub(super) struct Ctx<'a> {
+    pub(super) c: &'a CommandV1,
+    pub(super) index: u64,
     seq: u16,
-    policies: records::Policies,
+    pub(super) policies: records::Policies,
 }
 
 impl Ctx<'_> {
@@ -145,13 +152,17 @@ impl Ctx<'_> {
     }
 
     /// The version after this command wrote over `current`, given its `base`.
-    fn next_version(&self, current: &VersionVector, base: Option<&VersionVector>) -> VersionVector {
+    pub(super) fn next_version(
+        &self,
+        current: &VersionVector,
+        base: Option<&VersionVector>,
+    ) -> VersionVector {
         let mut v = base.map_or_else(|| current.clone(), |b| current.join(b));
         v.increment(self.c.origin);
         v
     }
 
-    fn side(&self, cert: Option<Vec<u8>>, base: Option<&VersionVector>) -> Side {
+    pub(super) fn side(&self, cert: Option<Vec<u8>>, base: Option<&VersionVector>) -> Side {
         Side {
             version: base.cloned().unwrap_or_default(),
             origin: self.c.origin,
@@ -163,7 +174,7 @@ impl Ctx<'_> {
 
     /// Record a conflict and return its outcome.
     #[allow(clippy::too_many_arguments)]
-    fn conflict(
+    pub(super) fn conflict(
         &mut self,
         batch: &mut ApplyBatch,
         fingerprint: &str,
@@ -210,7 +221,7 @@ impl Ctx<'_> {
     }
 }
 
-fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
+pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
     match o {
         ApplyOutcome::New { fingerprint } => (Some(fingerprint.clone()), "new".into()),
         ApplyOutcome::Updated { fingerprint } => (Some(fingerprint.clone()), "updated".into()),
@@ -254,7 +265,7 @@ fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
 }
 
 /// Store `cert` (binary, canonical) under its fingerprint with `version`.
-fn store_cert(
+pub(super) fn store_cert(
     batch: &mut ApplyBatch,
     ctx: &Ctx,
     cert: &Cert,
@@ -280,10 +291,18 @@ fn store_cert(
     })
 }
 
-/// Union of `stored` (binary, if any) and `incoming`; `None` when nothing changed.
-type Merged = Option<(Box<Cert>, Vec<u8>)>;
+/// A command's certificate bytes, or the outcome that rejects them.
+pub(super) fn parse_cert(bytes: &[u8]) -> Result<Cert, ApplyOutcome> {
+    Cert::from_bytes(bytes).map_err(|e| ApplyOutcome::Rejected {
+        fingerprint: String::new(),
+        reason: e.to_string(),
+    })
+}
 
-fn merge(
+/// Union of `stored` (binary, if any) and `incoming`; `None` when nothing changed.
+pub(super) type Merged = Option<(Box<Cert>, Vec<u8>)>;
+
+pub(super) fn merge(
     stored: Option<&[u8]>,
     incoming: Cert,
     limits: &pgp::Limits,
@@ -301,14 +320,9 @@ fn apply_submit(
     base: Option<&VersionVector>,
     limits: &pgp::Limits,
 ) -> Result<ApplyOutcome, StoreError> {
-    let incoming = match Cert::from_bytes(bytes) {
+    let incoming = match parse_cert(bytes) {
         Ok(c) => c,
-        Err(e) => {
-            return Ok(ApplyOutcome::Rejected {
-                fingerprint: String::new(),
-                reason: e.to_string(),
-            })
-        }
+        Err(rejected) => return Ok(rejected),
     };
     let fpr = incoming.fingerprint().as_bytes().to_vec();
     let fingerprint = incoming.fingerprint().to_hex();
@@ -437,11 +451,11 @@ fn apply_submit(
 }
 
 /// Last writer wins: the later proposer time, ties broken by the higher origin id.
-fn incoming_wins(ctx: &Ctx, rec: &CertRecord) -> bool {
+pub(super) fn incoming_wins(ctx: &Ctx, rec: &CertRecord) -> bool {
     (ctx.c.time, ctx.c.origin) > (rec.updated_at, rec.origin)
 }
 
-fn policy_name(p: Policy) -> &'static str {
+pub(super) fn policy_name(p: Policy) -> &'static str {
     match p {
         Policy::Merge => "merge",
         Policy::LastWriterWins => "last-writer-wins",
@@ -450,7 +464,7 @@ fn policy_name(p: Policy) -> &'static str {
     }
 }
 
-fn cert_side(rec: &CertRecord) -> Side {
+pub(super) fn cert_side(rec: &CertRecord) -> Side {
     Side {
         version: rec.version.clone(),
         origin: rec.origin,
@@ -460,7 +474,7 @@ fn cert_side(rec: &CertRecord) -> Side {
     }
 }
 
-fn tomb_side(t: &Tombstone) -> Side {
+pub(super) fn tomb_side(t: &Tombstone) -> Side {
     Side {
         version: t.version.clone(),
         origin: t.origin,
@@ -468,266 +482,6 @@ fn tomb_side(t: &Tombstone) -> Side {
         cert: None,
         actor: t.actor.clone(),
     }
-}
-
-/// Remove the stored certificate and leave a tombstone with `version`.
-fn bury(
-    batch: &mut ApplyBatch,
-    ctx: &Ctx,
-    fpr: &[u8],
-    version: VersionVector,
-    reason: &str,
-) -> Result<(), StoreError> {
-    batch.delete_cert(fpr)?;
-    records::put_tombstone(
-        batch,
-        fpr,
-        &Tombstone {
-            version,
-            time: ctx.c.time,
-            index: ctx.index,
-            origin: ctx.c.origin,
-            actor: ctx.c.actor.clone(),
-            reason: reason.to_string(),
-        },
-    );
-    Ok(())
-}
-
-fn apply_delete(
-    batch: &mut ApplyBatch,
-    ctx: &mut Ctx,
-    fpr: &[u8],
-    base: Option<&VersionVector>,
-    if_match: Option<&str>,
-    reason: &str,
-) -> Result<ApplyOutcome, StoreError> {
-    let fingerprint = hex::encode_upper(fpr);
-    let Some(rec) = batch.get_cert(fpr)? else {
-        return Ok(ApplyOutcome::NotFound { fingerprint });
-    };
-    if let Some(tag) = if_match {
-        if tag != rec.version.etag() {
-            return Ok(ApplyOutcome::PreconditionFailed {
-                fingerprint,
-                current: rec.version.etag(),
-            });
-        }
-    }
-    let fresh = base.is_none_or(|b| b.descends(&rec.version));
-    let version = ctx.next_version(&rec.version, base);
-    if fresh {
-        bury(batch, ctx, fpr, version, reason)?;
-        return Ok(ApplyOutcome::Deleted { fingerprint });
-    }
-    let policy = ctx.policies.delete;
-    let (cur, inc) = (cert_side(&rec), ctx.side(None, base));
-    match policy {
-        Policy::Reject => Ok(ApplyOutcome::Stale {
-            fingerprint,
-            current: rec.version.etag(),
-        }),
-        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "delete", policy, cur, inc, None)),
-        Policy::Merge | Policy::LastWriterWins => {
-            // A delete merged with an update is still a delete: the update is recorded in the
-            // conflict, so it is not lost silently.
-            let delete_wins = policy == Policy::Merge || incoming_wins(ctx, &rec);
-            if delete_wins {
-                bury(batch, ctx, fpr, version, reason)?;
-            }
-            Ok(ctx.conflict(
-                batch,
-                &fingerprint,
-                "delete",
-                policy,
-                cur,
-                inc,
-                Some(policy_name(policy)),
-            ))
-        }
-    }
-}
-
-fn apply_replace(
-    batch: &mut ApplyBatch,
-    ctx: &mut Ctx,
-    bytes: &[u8],
-    base: &VersionVector,
-    if_match: Option<&str>,
-    limits: &pgp::Limits,
-) -> Result<ApplyOutcome, StoreError> {
-    let incoming = match Cert::from_bytes(bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(ApplyOutcome::Rejected {
-                fingerprint: String::new(),
-                reason: e.to_string(),
-            })
-        }
-    };
-    let fpr = incoming.fingerprint().as_bytes().to_vec();
-    let fingerprint = incoming.fingerprint().to_hex();
-    let stored = batch.get_cert(&fpr)?;
-    let current_version = match &stored {
-        Some(r) => r.version.clone(),
-        None => records::tombstone(batch, &fpr)?
-            .map(|t| t.version)
-            .unwrap_or_default(),
-    };
-    if let Some(tag) = if_match {
-        if tag != current_version.etag() {
-            return Ok(ApplyOutcome::PreconditionFailed {
-                fingerprint,
-                current: current_version.etag(),
-            });
-        }
-    }
-    let (cert, canonical) = match merge(None, incoming, limits) {
-        Ok(Some(x)) => x,
-        Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
-        Err(e) => {
-            return Ok(ApplyOutcome::Rejected {
-                fingerprint,
-                reason: e.to_string(),
-            })
-        }
-    };
-    let fresh = base.descends(&current_version);
-    let policy = ctx.policies.replace;
-    let version = ctx.next_version(&current_version, Some(base));
-    let created = stored.as_ref().map(|r| r.created_at);
-    if fresh {
-        store_cert(batch, ctx, &cert, canonical, created, version)?;
-        return Ok(ApplyOutcome::Replaced { fingerprint });
-    }
-    let cur = match &stored {
-        Some(r) => cert_side(r),
-        None => Side {
-            version: current_version.clone(),
-            origin: 0,
-            time: 0,
-            cert: None,
-            actor: String::new(),
-        },
-    };
-    let inc = ctx.side(Some(canonical.clone()), Some(base));
-    match policy {
-        Policy::Reject => Ok(ApplyOutcome::Stale {
-            fingerprint,
-            current: current_version.etag(),
-        }),
-        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "replace", policy, cur, inc, None)),
-        Policy::Merge | Policy::LastWriterWins => {
-            let wins = stored.as_ref().is_none_or(|r| incoming_wins(ctx, r));
-            if policy == Policy::Merge {
-                let merged = match merge(stored.as_ref().map(|r| r.cert.as_slice()), *cert, limits)
-                {
-                    Ok(Some(x)) => Some(x),
-                    Ok(None) => None,
-                    Err(e) => {
-                        return Ok(ApplyOutcome::Rejected {
-                            fingerprint,
-                            reason: e.to_string(),
-                        })
-                    }
-                };
-                if let Some((c, b)) = merged {
-                    store_cert(batch, ctx, &c, b, created, version)?;
-                }
-            } else if wins {
-                store_cert(batch, ctx, &cert, canonical, created, version)?;
-            }
-            Ok(ctx.conflict(
-                batch,
-                &fingerprint,
-                "replace",
-                policy,
-                cur,
-                inc,
-                Some(policy_name(policy)),
-            ))
-        }
-    }
-}
-
-fn apply_resolve(
-    batch: &mut ApplyBatch,
-    ctx: &mut Ctx,
-    id: u64,
-    choose: &str,
-    note: &str,
-) -> Result<ApplyOutcome, StoreError> {
-    let Some(mut c) = records::conflict(batch, id)? else {
-        return Ok(ApplyOutcome::Rejected {
-            fingerprint: String::new(),
-            reason: format!("no conflict {id}"),
-        });
-    };
-    let rejected = |reason: String| ApplyOutcome::Rejected {
-        fingerprint: c.fingerprint.clone(),
-        reason,
-    };
-    if c.status != "open" {
-        return Ok(rejected(format!("conflict {id} is {}, not open", c.status)));
-    }
-    let Some(fpr) = pgp::Fingerprint::from_hex(&c.fingerprint) else {
-        return Ok(rejected("bad fingerprint in conflict".into()));
-    };
-    let fpr = fpr.0;
-    let stored = batch.get_cert(&fpr)?;
-    let current_version = match &stored {
-        Some(r) => r.version.clone(),
-        None => records::tombstone(batch, &fpr)?
-            .map(|t| t.version)
-            .unwrap_or_default(),
-    };
-    let version = ctx.next_version(&current_version, Some(&c.incoming.version));
-    let created = stored.as_ref().map(|r| r.created_at);
-    let limits = pgp::Limits::default();
-    match (choose, &c.incoming.cert) {
-        ("current", _) => {}
-        ("incoming", None) | ("merge", None) => {
-            if stored.is_some() {
-                bury(batch, ctx, &fpr, version, "conflict resolution")?;
-            }
-        }
-        ("incoming", Some(b)) | ("merge", Some(b)) => {
-            let Ok(incoming) = Cert::from_bytes(b) else {
-                return Ok(rejected(
-                    "stored incoming certificate does not parse".into(),
-                ));
-            };
-            let base = if choose == "merge" {
-                stored.as_ref().map(|r| r.cert.as_slice())
-            } else {
-                None
-            };
-            match merge(base, incoming, &limits) {
-                Ok(Some((cert, bytes))) => store_cert(batch, ctx, &cert, bytes, created, version)?,
-                Ok(None) => {}
-                Err(e) => return Ok(rejected(e.to_string())),
-            }
-        }
-        (other, _) => {
-            return Ok(rejected(format!(
-                "choose must be current, incoming or merge, not {other:?}"
-            )))
-        }
-    }
-    c.status = "resolved".into();
-    c.resolution = Some(Resolution {
-        choose: choose.into(),
-        by: "operator".into(),
-        note: note.into(),
-        actor: ctx.c.actor.clone(),
-        index: ctx.index,
-        time: ctx.c.time,
-    });
-    records::put_conflict(batch, &c);
-    Ok(ApplyOutcome::Resolved {
-        id,
-        fingerprint: c.fingerprint,
-    })
 }
 
 /// Convert pgp's terms into the store's, sorted (BTreeSets are ordered).

@@ -24,6 +24,7 @@
 //! ```
 pub mod admission;
 pub mod apply;
+mod apply_admin;
 pub mod codec;
 pub mod command;
 pub mod conflicts;

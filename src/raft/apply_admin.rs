@@ -1,0 +1,266 @@
+//! Applying administrator writes and conflict resolutions: delete (leaving a tombstone),
+//! replace, and resolve. Same rules as [`super::apply`]: deterministic, the proposer's time
+//! only, every race settled by the policy in force and recorded.
+use sequoia_openpgp::parse::Parse;
+use sequoia_openpgp::Cert;
+
+use super::apply::{cert_side, incoming_wins, merge, parse_cert, policy_name, store_cert, Ctx};
+use super::command::ApplyOutcome;
+use super::records::{self, Policy, Resolution, Side, Tombstone};
+use crate::pgp;
+use crate::store::{ApplyBatch, StoreError, VersionVector};
+
+/// Remove the stored certificate and leave a tombstone with `version`.
+fn bury(
+    batch: &mut ApplyBatch,
+    ctx: &Ctx,
+    fpr: &[u8],
+    version: VersionVector,
+    reason: &str,
+) -> Result<(), StoreError> {
+    batch.delete_cert(fpr)?;
+    records::put_tombstone(
+        batch,
+        fpr,
+        &Tombstone {
+            version,
+            time: ctx.c.time,
+            index: ctx.index,
+            origin: ctx.c.origin,
+            actor: ctx.c.actor.clone(),
+            reason: reason.to_string(),
+        },
+    );
+    Ok(())
+}
+
+pub(super) fn apply_delete(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    fpr: &[u8],
+    base: Option<&VersionVector>,
+    if_match: Option<&str>,
+    reason: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let fingerprint = hex::encode_upper(fpr);
+    let Some(rec) = batch.get_cert(fpr)? else {
+        return Ok(ApplyOutcome::NotFound { fingerprint });
+    };
+    if let Some(tag) = if_match {
+        if tag != rec.version.etag() {
+            return Ok(ApplyOutcome::PreconditionFailed {
+                fingerprint,
+                current: rec.version.etag(),
+            });
+        }
+    }
+    let fresh = base.is_none_or(|b| b.descends(&rec.version));
+    let version = ctx.next_version(&rec.version, base);
+    if fresh {
+        bury(batch, ctx, fpr, version, reason)?;
+        return Ok(ApplyOutcome::Deleted { fingerprint });
+    }
+    let policy = ctx.policies.delete;
+    let (cur, inc) = (cert_side(&rec), ctx.side(None, base));
+    match policy {
+        Policy::Reject => Ok(ApplyOutcome::Stale {
+            fingerprint,
+            current: rec.version.etag(),
+        }),
+        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "delete", policy, cur, inc, None)),
+        Policy::Merge | Policy::LastWriterWins => {
+            // A delete merged with an update is still a delete: the update is recorded in the
+            // conflict, so it is not lost silently.
+            let delete_wins = policy == Policy::Merge || incoming_wins(ctx, &rec);
+            if delete_wins {
+                bury(batch, ctx, fpr, version, reason)?;
+            }
+            Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "delete",
+                policy,
+                cur,
+                inc,
+                Some(policy_name(policy)),
+            ))
+        }
+    }
+}
+
+pub(super) fn apply_replace(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    bytes: &[u8],
+    base: &VersionVector,
+    if_match: Option<&str>,
+    limits: &pgp::Limits,
+) -> Result<ApplyOutcome, StoreError> {
+    let incoming = match parse_cert(bytes) {
+        Ok(c) => c,
+        Err(rejected) => return Ok(rejected),
+    };
+    let fpr = incoming.fingerprint().as_bytes().to_vec();
+    let fingerprint = incoming.fingerprint().to_hex();
+    let stored = batch.get_cert(&fpr)?;
+    let current_version = match &stored {
+        Some(r) => r.version.clone(),
+        None => records::tombstone(batch, &fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default(),
+    };
+    if let Some(tag) = if_match {
+        if tag != current_version.etag() {
+            return Ok(ApplyOutcome::PreconditionFailed {
+                fingerprint,
+                current: current_version.etag(),
+            });
+        }
+    }
+    let (cert, canonical) = match merge(None, incoming, limits) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
+        Err(e) => {
+            return Ok(ApplyOutcome::Rejected {
+                fingerprint,
+                reason: e.to_string(),
+            })
+        }
+    };
+    let fresh = base.descends(&current_version);
+    let policy = ctx.policies.replace;
+    let version = ctx.next_version(&current_version, Some(base));
+    let created = stored.as_ref().map(|r| r.created_at);
+    if fresh {
+        store_cert(batch, ctx, &cert, canonical, created, version)?;
+        return Ok(ApplyOutcome::Replaced { fingerprint });
+    }
+    let cur = match &stored {
+        Some(r) => cert_side(r),
+        None => Side {
+            version: current_version.clone(),
+            origin: 0,
+            time: 0,
+            cert: None,
+            actor: String::new(),
+        },
+    };
+    let inc = ctx.side(Some(canonical.clone()), Some(base));
+    match policy {
+        Policy::Reject => Ok(ApplyOutcome::Stale {
+            fingerprint,
+            current: current_version.etag(),
+        }),
+        Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "replace", policy, cur, inc, None)),
+        Policy::Merge | Policy::LastWriterWins => {
+            let wins = stored.as_ref().is_none_or(|r| incoming_wins(ctx, r));
+            if policy == Policy::Merge {
+                let merged = match merge(stored.as_ref().map(|r| r.cert.as_slice()), *cert, limits)
+                {
+                    Ok(Some(x)) => Some(x),
+                    Ok(None) => None,
+                    Err(e) => {
+                        return Ok(ApplyOutcome::Rejected {
+                            fingerprint,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                if let Some((c, b)) = merged {
+                    store_cert(batch, ctx, &c, b, created, version)?;
+                }
+            } else if wins {
+                store_cert(batch, ctx, &cert, canonical, created, version)?;
+            }
+            Ok(ctx.conflict(
+                batch,
+                &fingerprint,
+                "replace",
+                policy,
+                cur,
+                inc,
+                Some(policy_name(policy)),
+            ))
+        }
+    }
+}
+
+pub(super) fn apply_resolve(
+    batch: &mut ApplyBatch,
+    ctx: &mut Ctx,
+    id: u64,
+    choose: &str,
+    note: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let Some(mut c) = records::conflict(batch, id)? else {
+        return Ok(ApplyOutcome::Rejected {
+            fingerprint: String::new(),
+            reason: format!("no conflict {id}"),
+        });
+    };
+    let rejected = |reason: String| ApplyOutcome::Rejected {
+        fingerprint: c.fingerprint.clone(),
+        reason,
+    };
+    if c.status != "open" {
+        return Ok(rejected(format!("conflict {id} is {}, not open", c.status)));
+    }
+    let Some(fpr) = pgp::Fingerprint::from_hex(&c.fingerprint) else {
+        return Ok(rejected("bad fingerprint in conflict".into()));
+    };
+    let fpr = fpr.0;
+    let stored = batch.get_cert(&fpr)?;
+    let current_version = match &stored {
+        Some(r) => r.version.clone(),
+        None => records::tombstone(batch, &fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default(),
+    };
+    let version = ctx.next_version(&current_version, Some(&c.incoming.version));
+    let created = stored.as_ref().map(|r| r.created_at);
+    let limits = pgp::Limits::default();
+    match (choose, &c.incoming.cert) {
+        ("current", _) => {}
+        ("incoming", None) | ("merge", None) => {
+            if stored.is_some() {
+                bury(batch, ctx, &fpr, version, "conflict resolution")?;
+            }
+        }
+        ("incoming", Some(b)) | ("merge", Some(b)) => {
+            let Ok(incoming) = Cert::from_bytes(b) else {
+                return Ok(rejected(
+                    "stored incoming certificate does not parse".into(),
+                ));
+            };
+            let base = if choose == "merge" {
+                stored.as_ref().map(|r| r.cert.as_slice())
+            } else {
+                None
+            };
+            match merge(base, incoming, &limits) {
+                Ok(Some((cert, bytes))) => store_cert(batch, ctx, &cert, bytes, created, version)?,
+                Ok(None) => {}
+                Err(e) => return Ok(rejected(e.to_string())),
+            }
+        }
+        (other, _) => {
+            return Ok(rejected(format!(
+                "choose must be current, incoming or merge, not {other:?}"
+            )))
+        }
+    }
+    c.status = "resolved".into();
+    c.resolution = Some(Resolution {
+        choose: choose.into(),
+        by: "operator".into(),
+        note: note.into(),
+        actor: ctx.c.actor.clone(),
+        index: ctx.index,
+        time: ctx.c.time,
+    });
+    records::put_conflict(batch, &c);
+    Ok(ApplyOutcome::Resolved {
+        id,
+        fingerprint: c.fingerprint,
+    })
+}
