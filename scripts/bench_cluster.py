@@ -814,7 +814,7 @@ def run(a):
         missed = sum(1 for x in xs if x is None)
         m = sorted((x if x is not None else float("inf")) for x in xs)[len(xs) // 2] if xs else float("nan")
         print(f"| failover: kill -9 leader -> first 200 through a survivor (loaded with {how}) | "
-              f"{m:.2f} s (runs: {runs_txt}{f'; {missed} missed' if missed else ''}) | < 3 s |")
+              f"{f'> {a.failover_limit} s' if math.isinf(m) else f'{m:.2f} s'} (runs: {runs_txt}{f'; {missed} missed' if missed else ''}) | < 3 s |")
     for label in ("log", "log1", "snapshot"):
         if label in C:
             x = C[label]
