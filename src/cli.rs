@@ -119,6 +119,16 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Fault injection for tests of `/cluster/repair`: remove one certificate from a STOPPED
+    /// node's replica directly, bypassing Raft, so that this replica differs from the others.
+    #[command(hide = true)]
+    FaultDropCert {
+        /// Data directory of the stopped node.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Primary fingerprint (hex).
+        fingerprint: String,
+    },
     /// Write every stored certificate as a binary keyring (a dump `import` reads back). Opens
     /// the data directory read-only, so it works while the node runs.
     Export {
@@ -176,7 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             source_ip,
             admin_token_file,
         } => {
-            let mut c = Config::load(config.as_deref(), std::env::vars())?;
+            let mut c = Config::load_unvalidated(config.as_deref(), std::env::vars())?;
             c.node.data_dir = data_dir.unwrap_or(c.node.data_dir);
             c.hkp.listen = listen.unwrap_or(c.hkp.listen);
             c.hkp.tls_listen = tls_listen.or(c.hkp.tls_listen);
@@ -205,6 +215,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => import(&server, batch.max(1), batch_bytes, quiet, &files),
         Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
         Command::Cert { action } => cert(action),
+        Command::FaultDropCert {
+            data_dir,
+            fingerprint,
+        } => fault_drop_cert(&data_dir, &fingerprint),
         Command::Leave {
             server,
             token_file,
@@ -454,6 +468,23 @@ fn post_batch(addr: SocketAddr, body: &[u8], totals: &Mutex<Totals>) -> anyhow::
         delay *= 2;
     }
     bail!("server unavailable")
+}
+
+fn fault_drop_cert(data_dir: &Path, fingerprint: &str) -> anyhow::Result<()> {
+    let fpr = hex::decode(fingerprint.trim()).context("fingerprint must be hex")?;
+    let store = crate::store::Store::open(data_dir)?;
+    let mut batch = store.begin_apply();
+    anyhow::ensure!(
+        batch.delete_cert(&fpr)?,
+        "no certificate {fingerprint} in {}",
+        data_dir.display()
+    );
+    batch.commit()?;
+    eprintln!(
+        "dropped {fingerprint} from {} (bypassing Raft)",
+        data_dir.display()
+    );
+    Ok(())
 }
 
 fn export(data_dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {

@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Most voters; further nodes stay learners and serve reads.
     pub max_voters: usize,
+    /// Seconds after which the leader removes a member it has not heard from (0: never). A
+    /// voter is removed only while at least three voters remain.
+    pub auto_remove_after: u64,
     /// Armored (or binary) certificates of administrators whose detached signatures
     /// authorise `/pks/delete` and `/pks/replace` (unset: those calls are refused).
     pub admin_keyring: Option<PathBuf>,
@@ -73,6 +76,7 @@ impl Default for ClusterConfig {
             source_ip: None,
             admin_token_file: None,
             max_voters: 5,
+            auto_remove_after: 0,
             admin_keyring: None,
         }
     }
@@ -264,8 +268,21 @@ fn env_value(section: &str, field: &str, v: String) -> toml::Value {
 }
 
 impl Config {
-    /// Load `path` (or the defaults when `None`) and apply `KEYRAFT_*` overrides from `env`.
+    /// Load `path` (or the defaults when `None`) and apply `KEYRAFT_*` overrides from `env`,
+    /// then [`Self::validate`] the result.
     pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = Config::load_unvalidated(path, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// As [`Self::load`] without the final cross-field check, for callers that apply further
+    /// overrides (command-line flags) and validate the combination themselves: a join list
+    /// from the environment with `--raft-listen` on the command line is a valid whole.
+    pub fn load_unvalidated(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -310,7 +327,6 @@ impl Config {
                     },
                     message: e.message().to_string(),
                 })?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -452,5 +468,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.cluster.join, vec!["a:1"]);
+    }
+
+    #[test]
+    fn a_join_list_from_the_environment_combines_with_a_raft_listen_flag() {
+        let env = || {
+            vec![(
+                "KEYRAFT_CLUSTER__JOIN".to_string(),
+                "seed:11371".to_string(),
+            )]
+        };
+        assert!(
+            Config::load(None, env()).is_err(),
+            "join without raft_listen"
+        );
+        let mut c = Config::load_unvalidated(None, env()).unwrap();
+        c.cluster.raft_listen = Some("127.0.0.1:11380".parse().unwrap());
+        c.cluster.insecure_plaintext = true;
+        c.validate().unwrap();
+        assert_eq!(c.cluster.join, vec!["seed:11371"]);
     }
 }

@@ -37,6 +37,35 @@ fn node_id(store: &Store) -> anyhow::Result<u64> {
     Ok(id)
 }
 
+/// After `/cluster/repair` found this replica different and it left the cluster, wipe its
+/// state (`db/`, `snapshots/`) so that it joins again under a new id and receives the state
+/// from the leader. Refuses to start without a join list: wiping then would create a new,
+/// empty cluster.
+fn rebuild_if_marked(data_dir: &std::path::Path, join: &[String]) -> anyhow::Result<()> {
+    let marker = data_dir.join(crate::raft::repair::REBUILD_MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !join.is_empty(),
+        "{} asks for a rebuild from the cluster, but no `join` addresses are configured; \
+         set --join (or remove the file to start with the old state)",
+        marker.display()
+    );
+    for sub in ["db", "snapshots"] {
+        let p = data_dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("wiping {}", p.display()))?;
+        }
+    }
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        "rebuild: wiped the old replica; joining the cluster again under a new id"
+    );
+    Ok(())
+}
+
 /// A running node.
 pub struct Node {
     pub keys: Keyserver,
@@ -49,6 +78,7 @@ pub struct Node {
 impl Node {
     /// Start a node from a validated configuration.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        rebuild_if_marked(&config.node.data_dir, &config.cluster.join)?;
         let store = Store::open(&config.node.data_dir).with_context(|| {
             format!("opening data directory {}", config.node.data_dir.display())
         })?;
@@ -149,6 +179,11 @@ impl Node {
                 secret.unwrap_or_default(),
             )
             .await?;
+        }
+        if cluster.auto_remove_after > 0 {
+            let after = Duration::from_secs(cluster.auto_remove_after);
+            info!(?after, "auto-remove of unreachable members is on");
+            tokio::spawn(crate::raft::auto_remove::run(keys.clone(), after));
         }
         let state = AppState {
             keys: keys.clone(),
@@ -264,27 +299,50 @@ fn read_secret(path: Option<&std::path::Path>, what: &str) -> anyhow::Result<Opt
     Ok(Some(s))
 }
 
-/// The leader as the member at HTTP address `seed` names it (`GET /cluster/leader`).
+/// Every address a seed names: `host:port` (or `http://host:port`) resolved through DNS, so a
+/// name with several A/AAAA records (a Kubernetes headless service, a round-robin name) yields
+/// every member behind it. Resolved again on every attempt: members come and go.
+fn seed_addrs(seed: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let seed = seed.trim_start_matches("http://");
+    let mut addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(seed)
+        .map_err(|e| format!("{seed}: {e}"))?
+        .collect();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{seed}: no address"));
+    }
+    Ok(addrs)
+}
+
+/// The leader as a member behind `seed` names it (`GET /cluster/leader`), asking each address
+/// the seed resolves to until one answers.
 async fn leader_via(seed: &str) -> Result<KeyraftNode, String> {
-    let seed = seed.trim_start_matches("http://").to_string();
+    let seed = seed.to_string();
     tokio::task::spawn_blocking(move || {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&seed)
-            .map_err(|e| format!("{seed}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{seed}: no address"))?;
-        let r = crate::client::request(
-            addr,
-            "GET",
-            "/cluster/leader",
-            &[],
-            b"",
-            Duration::from_secs(5),
-        )
-        .map_err(|e| format!("{seed}: {e}"))?;
-        if r.status != 200 {
-            return Err(format!("{seed}: {} {}", r.status, r.text().trim()));
+        let mut last = format!("{seed}: no address");
+        for addr in seed_addrs(&seed)? {
+            let r = match crate::client::request(
+                addr,
+                "GET",
+                "/cluster/leader",
+                &[],
+                b"",
+                Duration::from_secs(5),
+            ) {
+                Ok(r) if r.status == 200 => r,
+                Ok(r) => {
+                    last = format!("{seed} ({addr}): {} {}", r.status, r.text().trim());
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("{seed} ({addr}): {e}");
+                    continue;
+                }
+            };
+            return serde_json::from_slice::<KeyraftNode>(&r.body)
+                .map_err(|e| format!("{seed} ({addr}): {e}"));
         }
-        serde_json::from_slice::<KeyraftNode>(&r.body).map_err(|e| format!("{seed}: {e}"))
+        Err(last)
     })
     .await
     .map_err(|e| e.to_string())?
@@ -377,4 +435,31 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "keyraft".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_resolve_to_every_address_of_a_name() {
+        let a = seed_addrs("localhost:11371").unwrap();
+        assert!(a.iter().all(|a| a.port() == 11371), "{a:?}");
+        assert!(a.iter().any(|a| a.ip().is_loopback()), "{a:?}");
+        let b = seed_addrs("http://127.0.0.2:80").unwrap();
+        assert_eq!(b, vec!["127.0.0.2:80".parse().unwrap()]);
+        assert!(seed_addrs("no-port-here").is_err());
+        assert!(seed_addrs("name.invalid:80").is_err());
+    }
+
+    #[test]
+    fn wildcard_listen_advertises_the_raft_host() {
+        let any: std::net::SocketAddr = "0.0.0.0:11371".parse().unwrap();
+        assert_eq!(http_advertise(any, Some("10.0.0.5:7000")), "10.0.0.5:11371");
+        let one: std::net::SocketAddr = "127.0.0.3:11371".parse().unwrap();
+        assert_eq!(
+            http_advertise(one, Some("10.0.0.5:7000")),
+            "127.0.0.3:11371"
+        );
+    }
 }

@@ -7,6 +7,9 @@ use serde_json::json;
 use super::error::ApiError;
 use super::AppState;
 
+/// A member the leader has not heard from for this long is reported unreachable.
+const UNREACHABLE_AFTER_MS: u64 = 3_000;
+
 /// This node: id, name, role, term, leader, commit and applied index, members.
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let raft = state.keys.raft();
@@ -28,12 +31,16 @@ pub async fn nodes(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|m| {
             let matched = s.matched.get(&m.id).copied().flatten();
+            let heartbeat = s.millis_since_heartbeat.get(&m.id).copied().flatten();
             json!({
                 "id": m.id,
                 "node": m.node,
                 "voter": m.voter,
                 "matched_index": matched,
                 "lag": (!s.matched.is_empty()).then(|| last.saturating_sub(matched.unwrap_or(0))),
+                "last_heartbeat_ms_ago": heartbeat,
+                "reachable": (!s.millis_since_heartbeat.is_empty() && m.id != s.id)
+                    .then(|| heartbeat.is_some_and(|ms| ms < UNREACHABLE_AFTER_MS)),
             })
         })
         .collect();
@@ -97,6 +104,29 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// `GET /cluster/digest`: SHA-256 of this replica's state at the index it has applied. Replicas
 /// that applied the same index must agree; compare them after writes stop.
-pub async fn digest(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.keys.raft().state_digest().await?))
+/// With `?index=N`: the digest taken at checkpoint entry N (see `/cluster/repair`), waiting
+/// up to 15 s for this node to apply it; 404 if this node did not apply that entry itself.
+pub async fn digest(
+    state: web::Data<AppState>,
+    q: web::Query<DigestQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let raft = state.keys.raft();
+    match q.index {
+        None => Ok(HttpResponse::Ok().json(raft.state_digest().await?)),
+        Some(i) => match raft
+            .checkpoint_digest(i, std::time::Duration::from_secs(15))
+            .await?
+        {
+            Some(d) => Ok(HttpResponse::Ok().json(d)),
+            None => Err(ApiError::NotFound(format!(
+                "no checkpoint digest at index {i} on this node"
+            ))),
+        },
+    }
+}
+
+/// `?index=N` of `/cluster/digest`.
+#[derive(serde::Deserialize)]
+pub struct DigestQuery {
+    index: Option<u64>,
 }

@@ -42,6 +42,28 @@ pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiEr
     }
 }
 
+/// The member named by `id` or `name` (neither: the node answering); 404 if none.
+pub(super) fn member_id(
+    raft: &crate::raft::RaftNode,
+    id: Option<u64>,
+    name: Option<&str>,
+) -> Result<u64, ApiError> {
+    let members = raft.members();
+    match (id, name) {
+        (Some(id), _) => members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no member with id {id}"))),
+        (None, Some(name)) => members
+            .iter()
+            .find(|m| m.node.name == name)
+            .map(|m| m.id)
+            .ok_or_else(|| ApiError::NotFound(format!("no member named {name:?}"))),
+        (None, None) => Ok(raft.id()),
+    }
+}
+
 pub(super) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::TooLarge(MAX_BODY));
@@ -77,16 +99,7 @@ pub async fn leave(
         parse(&body)?
     };
     let raft = state.keys.raft();
-    let id = match (b.id, b.name) {
-        (Some(id), _) => id,
-        (None, Some(name)) => raft
-            .members()
-            .into_iter()
-            .find(|m| m.node.name == name)
-            .map(|m| m.id)
-            .ok_or_else(|| ApiError::NotFound(format!("no member named {name:?}")))?,
-        (None, None) => raft.id(),
-    };
+    let id = member_id(raft, b.id, b.name.as_deref())?;
     let removed = state.keys.leave(id).await?;
     Ok(HttpResponse::Ok().json(json!({ "removed": removed })))
 }

@@ -13,9 +13,12 @@ pub mod error;
 pub mod format;
 pub mod health;
 pub mod lookup;
+pub mod proxy;
 pub mod query;
 pub mod rawtarget;
+pub mod repair;
 pub mod server;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +116,9 @@ pub fn app(
         .route("/cluster/health", web::get().to(cluster::health))
         .route("/cluster/consensus", web::get().to(cluster::consensus))
         .route("/cluster/digest", web::get().to(cluster::digest))
+        .route("/cluster/sync", web::post().to(sync::sync))
+        .route("/cluster/sync/status", web::get().to(sync::status))
+        .route("/cluster/repair", web::post().to(repair::repair))
         .route("/cluster/join", web::post().to(cluster_admin::join))
         .route("/cluster/leave", web::post().to(cluster_admin::leave))
         .route("/cluster/admin/delete", web::post().to(admin::delete))

@@ -105,6 +105,10 @@ pub fn apply_command(
             ctx.audit(batch, "resolve", &o);
             outcomes.push(o);
         }
+        Op::Checkpoint => {
+            ctx.audit_line(batch, "checkpoint", None, "repair checkpoint".into());
+            outcomes.push(ApplyOutcome::Checkpointed);
+        }
     }
     Ok(Response { outcomes })
 }
@@ -261,6 +265,7 @@ pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
             (Some(fingerprint.clone()), format!("conflict {id} resolved"))
         }
         ApplyOutcome::Duplicate => (None, "duplicate".into()),
+        ApplyOutcome::Checkpointed => (None, "checkpoint".into()),
     }
 }
 

@@ -77,6 +77,33 @@ pub enum Op {
         choose: String,
         note: String,
     },
+    /// Changes nothing: every node computes the digest of its state right after applying this
+    /// entry, so `/cluster/repair` compares replicas at one and the same log index.
+    Checkpoint,
+}
+
+impl Command {
+    /// Roughly how many bytes the command carries (its certificates), for sizing batches.
+    pub fn payload_bytes(&self) -> usize {
+        let Command::V1(c) = self;
+        let certs = match &c.op {
+            Op::Submit { certs, .. } => certs.iter().map(Vec::len).sum(),
+            Op::Replace { cert, .. } => cert.len(),
+            _ => 0,
+        };
+        certs + 256
+    }
+
+    /// True for [`Op::Checkpoint`].
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(
+            self,
+            Command::V1(CommandV1 {
+                op: Op::Checkpoint,
+                ..
+            })
+        )
+    }
 }
 
 /// What applying one command produced, in the order of the command's items.
@@ -126,6 +153,8 @@ pub enum ApplyOutcome {
     PoliciesSet,
     /// A conflict was resolved.
     Resolved { id: u64, fingerprint: String },
+    /// A checkpoint for `/cluster/repair`.
+    Checkpointed,
 }
 
 mod serde_bytes_vec {

@@ -2,13 +2,20 @@
 //! (certificates, their rendered forms, the dedup window and the state-machine metadata, in key
 //! order), taken from one consistent RocksDB view. Two replicas that applied the same log up to
 //! the same index have the same digest; indexes are derived data and not included.
+//!
+//! [`Checkpoints`] keeps the digests computed at `Op::Checkpoint` entries: the state machine
+//! computes one right after applying such an entry, so every replica's digest at that index can
+//! be compared even while writes go on (`/cluster/repair`).
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::meta::{self, LastAppliedKey};
 use super::{RaftError, RaftNode};
+use crate::store::Store;
 
 /// The digest of this replica at the index it had applied when the view was taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,27 +44,67 @@ impl Write for HashWriter {
     }
 }
 
+/// The digest of `store` as it is now (a full scan; blocking).
+pub fn digest_store(store: &Store) -> Result<StateDigest, RaftError> {
+    let mut w = HashWriter {
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let sm = store
+        .snapshot_write(&mut w)
+        .map_err(|e| RaftError::Storage(e.to_string()))?;
+    let applied =
+        meta::sm_from_map::<LastAppliedKey>(&sm).map_err(|e| RaftError::Storage(e.to_string()))?;
+    Ok(StateDigest {
+        applied_index: applied.map(|l| l.index),
+        sha256: hex::encode(w.hash.finalize()),
+        bytes: w.bytes,
+    })
+}
+
+/// Digests taken at checkpoint entries, by log index (the most recent [`Checkpoints::KEEP`]).
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    by_index: Mutex<BTreeMap<u64, StateDigest>>,
+}
+
+impl Checkpoints {
+    /// How many checkpoint digests are kept.
+    pub const KEEP: usize = 16;
+
+    /// Remember the digest taken right after applying the checkpoint at `index`.
+    pub fn record(&self, index: u64, digest: StateDigest) {
+        let mut m = self.by_index.lock().expect("poisoned");
+        m.insert(index, digest);
+        while m.len() > Self::KEEP {
+            m.pop_first();
+        }
+    }
+
+    /// The digest taken at `index`, if this node applied that checkpoint entry itself.
+    pub fn get(&self, index: u64) -> Option<StateDigest> {
+        self.by_index.lock().expect("poisoned").get(&index).cloned()
+    }
+}
+
 impl RaftNode {
     /// Compute the digest of the local replica (a full scan, off the async threads).
     pub async fn state_digest(&self) -> Result<StateDigest, RaftError> {
         let store = self.local_store().clone();
-        tokio::task::spawn_blocking(move || {
-            let mut w = HashWriter {
-                hash: Sha256::new(),
-                bytes: 0,
-            };
-            let sm = store
-                .snapshot_write(&mut w)
-                .map_err(|e| RaftError::Storage(e.to_string()))?;
-            let applied = meta::sm_from_map::<LastAppliedKey>(&sm)
-                .map_err(|e| RaftError::Storage(e.to_string()))?;
-            Ok(StateDigest {
-                applied_index: applied.map(|l| l.index),
-                sha256: hex::encode(w.hash.finalize()),
-                bytes: w.bytes,
-            })
-        })
-        .await
-        .map_err(|e| RaftError::Fatal(e.to_string()))?
+        tokio::task::spawn_blocking(move || digest_store(&store))
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?
+    }
+
+    /// The digest this replica took at the checkpoint entry `index`, once applied (waiting up
+    /// to `timeout`). `None` when this node did not apply that entry itself (it installed a
+    /// snapshot past it, or the digest aged out).
+    pub async fn checkpoint_digest(
+        &self,
+        index: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Option<StateDigest>, RaftError> {
+        self.wait_applied(index, timeout).await?;
+        Ok(self.checkpoints().get(index))
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::admission::{JoinOutcome, JoinSpec};
+use super::digest::StateDigest;
 use super::types::{KeyraftNode, NodeId};
 
 /// A boxed future returned by the [`LeaderForwarder`] methods.
@@ -31,4 +32,15 @@ pub trait LeaderForwarder: Send + Sync + 'static {
     /// Call `node` at its Raft address, authenticated as `node.name` when TLS is on, and return
     /// the id and name it reports: proof that its address reaches the node it claims to be.
     fn probe<'a>(&'a self, node: &'a KeyraftNode) -> ForwardFuture<'a, (NodeId, String)>;
+
+    /// Ask member `id` at `node` for the digest it took at checkpoint entry `index`.
+    fn digest_at<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        id: NodeId,
+        index: u64,
+    ) -> ForwardFuture<'a, Option<StateDigest>>;
+
+    /// Ask member `id` at `node` to leave and rebuild itself from the cluster.
+    fn rebuild<'a>(&'a self, node: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, ()>;
 }

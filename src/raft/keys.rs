@@ -148,6 +148,11 @@ impl Keyserver {
         self.left.load(Ordering::SeqCst)
     }
 
+    /// How this node reaches other members, when it has peers.
+    pub(super) fn forwarder(&self) -> Option<&dyn LeaderForwarder> {
+        self.forwarder.as_deref()
+    }
+
     /// Forward writes this node cannot commit itself (it is not the leader) through `f`.
     pub fn with_forwarder(mut self, f: Arc<dyn LeaderForwarder>) -> Keyserver {
         self.forwarder = Some(f);
@@ -483,7 +488,7 @@ fn item_report(o: ApplyOutcome) -> ItemReport {
                 "If-Match does not match the current version {current}"
             )),
         ),
-        ApplyOutcome::PoliciesSet | ApplyOutcome::Resolved { .. } => {
+        ApplyOutcome::PoliciesSet | ApplyOutcome::Resolved { .. } | ApplyOutcome::Checkpointed => {
             (String::new(), Status::Updated, None)
         }
         ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {

@@ -19,13 +19,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, RPCTypes};
+use openraft::{EntryPayload, OptionalSend, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::raft::codec;
+use crate::raft::sync::SyncTracker;
 use crate::raft::transport::{PeerTransport, RaftRpc, TransportError};
-use crate::raft::types::{KeyraftNode, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
+use crate::raft::types::{Entry, KeyraftNode, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::raft::wire::{Reply, SnapshotHeader};
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -34,12 +35,18 @@ type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 pub struct NetworkFactory<T: PeerTransport> {
     me: NodeId,
     transport: Arc<T>,
+    sync: Arc<SyncTracker>,
 }
 
 impl<T: PeerTransport> NetworkFactory<T> {
-    /// A factory for node `me` sending through `transport`.
-    pub fn new(me: NodeId, transport: Arc<T>) -> NetworkFactory<T> {
-        NetworkFactory { me, transport }
+    /// A factory for node `me` sending through `transport`, recording snapshot transfers in
+    /// `sync`.
+    pub fn new(me: NodeId, transport: Arc<T>, sync: Arc<SyncTracker>) -> NetworkFactory<T> {
+        NetworkFactory {
+            me,
+            transport,
+            sync,
+        }
     }
 }
 
@@ -52,6 +59,7 @@ impl<T: PeerTransport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
             target,
             node: node.clone(),
             transport: self.transport.clone(),
+            sync: self.sync.clone(),
         }
     }
 }
@@ -62,6 +70,7 @@ pub struct PeerClient<T: PeerTransport> {
     target: NodeId,
     node: KeyraftNode,
     transport: Arc<T>,
+    sync: Arc<SyncTracker>,
 }
 
 impl<T: PeerTransport> PeerClient<T> {
@@ -91,7 +100,7 @@ impl<T: PeerTransport> PeerClient<T> {
         option: &RPCOption,
     ) -> RpcResult<Resp> {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let timeout = option.soft_ttl();
+        let timeout = rpc_timeout(option.soft_ttl(), body.len());
         let reply = self
             .transport
             .call(self.target, &self.node, rpc, body, timeout)
@@ -99,6 +108,41 @@ impl<T: PeerTransport> PeerClient<T> {
             .map_err(|e| self.map_err(e, action, timeout))?;
         decode_reply(self.target, &reply).map_err(RPCError::Unreachable)
     }
+}
+
+/// Most certificate bytes one append call carries (a single larger entry still goes alone):
+/// keeps each call well under the gRPC message limit and its deadline meaningful.
+const APPEND_BUDGET: usize = 8 << 20;
+
+/// How many leading `entries` fit in [`APPEND_BUDGET`] (at least one), by the size of the
+/// certificates they carry.
+fn within_budget(entries: &[Entry]) -> usize {
+    let mut total = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let n = match &e.payload {
+            EntryPayload::Normal(c) => c.payload_bytes(),
+            _ => 0,
+        };
+        if i > 0 && total + n > APPEND_BUDGET {
+            return i;
+        }
+        total += n;
+    }
+    entries.len()
+}
+
+/// The deadline of one call carrying `bytes`. openraft bounds an append by the heartbeat
+/// interval (75 ms of a 100 ms heartbeat), right for heartbeats and small appends but never
+/// enough for a batch of large entries (a catching-up member receiving 200-certificate import
+/// batches): the call would time out on every retry and the member would never catch up.
+/// Large bodies get time in proportion to their size, assuming a slow 8 MB/s link.
+pub(crate) fn rpc_timeout(soft_ttl: Duration, bytes: usize) -> Duration {
+    const SMALL: usize = 64 << 10;
+    if bytes <= SMALL {
+        return soft_ttl;
+    }
+    let transfer = Duration::from_millis(bytes as u64 / (8 << 10));
+    soft_ttl.max(Duration::from_millis(500) + transfer)
 }
 
 /// Decode a peer's [`Reply`]; a malformed reply or a failure on the peer is an `Unreachable`.
@@ -122,11 +166,25 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        self.request(RaftRpc::Append, RPCTypes::AppendEntries, &rpc, &option)
-            .await
+        // Send at most APPEND_BUDGET bytes of entries per call (always at least one entry) and
+        // report the prefix as a partial success; openraft sends the rest next.
+        let keep = within_budget(&rpc.entries);
+        let partial = (keep < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(keep);
+            rpc.entries.last().map(|e| e.log_id)
+        });
+        let resp: AppendEntriesResponse<TypeConfig> = self
+            .request(RaftRpc::Append, RPCTypes::AppendEntries, &rpc, &option)
+            .await?;
+        Ok(match (resp, partial) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            (r, _) => r,
+        })
     }
 
     async fn vote(
@@ -168,6 +226,7 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let index = snapshot.meta.last_log_id.as_ref().map(|l| l.index);
         let header = SnapshotHeader {
             vote,
             meta: snapshot.meta,
@@ -175,6 +234,8 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
         let header =
             codec::encode(&header).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let timeout = option.soft_ttl();
+        let size = snapshot.snapshot.metadata().await.ok().map(|m| m.len());
+        self.sync.send_started(self.target, index, size);
         let send = self.transport.send_snapshot(
             self.target,
             &self.node,
@@ -183,9 +244,39 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
             timeout,
         );
         let reply = tokio::select! {
-            reply = send => reply.map_err(|e| self.map_err(e, RPCTypes::InstallSnapshot, timeout))?,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+            closed = cancel => {
+                self.sync.send_finished(self.target, Err(format!("cancelled: {closed}")));
+                return Err(StreamingError::Closed(closed));
+            }
         };
-        Ok(decode_reply(self.target, &reply)?)
+        let decoded = reply
+            .map_err(|e| {
+                self.sync.send_finished(self.target, Err(e.to_string()));
+                self.map_err(e, RPCTypes::InstallSnapshot, timeout)
+            })
+            .and_then(|r| {
+                decode_reply(self.target, &r).map_err(|e| {
+                    self.sync.send_finished(self.target, Err(e.to_string()));
+                    RPCError::Unreachable(e)
+                })
+            })?;
+        self.sync.send_finished(self.target, Ok(()));
+        Ok(decoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_appends_get_time_in_proportion_to_their_size() {
+        let hb = Duration::from_millis(75);
+        assert_eq!(rpc_timeout(hb, 100), hb);
+        assert_eq!(rpc_timeout(hb, 64 << 10), hb);
+        // 8 MB: 0.5 s + 1 s.
+        assert_eq!(rpc_timeout(hb, 8 << 20), Duration::from_millis(500 + 1024));
+        assert!(rpc_timeout(hb, 32 << 20) > Duration::from_secs(4));
     }
 }

@@ -45,6 +45,8 @@ struct Inner {
     store: Store,
     state_machine: StateMachine,
     request_timeout: Duration,
+    /// Snapshot transfers sent and received.
+    sync: Arc<crate::raft::sync::SyncTracker>,
     /// Serialises `initialize_if_fresh` so two callers cannot both initialise.
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -74,7 +76,8 @@ impl RaftNode {
     ) -> Result<RaftNode, RaftError> {
         let config = cfg.to_openraft()?;
         let state_machine = StateMachine::open(store.clone()).map_err(storage)?;
-        let network = NetworkFactory::new(node_id, Arc::new(transport));
+        let sync = Arc::new(crate::raft::sync::SyncTracker::default());
+        let network = NetworkFactory::new(node_id, Arc::new(transport), sync.clone());
         let raft = OpenRaft::new(
             node_id,
             config,
@@ -92,6 +95,7 @@ impl RaftNode {
                 store,
                 state_machine,
                 request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                sync,
                 init_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -110,6 +114,16 @@ impl RaftNode {
     /// The bound for facade calls that wait on the cluster.
     pub(super) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// Digests taken at checkpoint entries (for `/cluster/repair`).
+    pub(super) fn checkpoints(&self) -> &crate::raft::digest::Checkpoints {
+        self.inner.state_machine.checkpoints()
+    }
+
+    /// Snapshot transfers this node sent and received (for `/cluster/sync/status`).
+    pub fn sync_tracker(&self) -> &crate::raft::sync::SyncTracker {
+        &self.inner.sync
     }
 
     /// This node's own membership record.
@@ -248,6 +262,9 @@ impl RaftNode {
         data: SnapshotData,
     ) -> Result<Vec<u8>, RaftError> {
         let SnapshotHeader { vote, meta } = decode(header)?;
+        self.inner
+            .sync
+            .receive_index(meta.last_log_id.as_ref().map(|l| l.index));
         let snapshot = Snapshot {
             meta,
             snapshot: data,

@@ -21,6 +21,7 @@ use openraft::{EntryPayload, OptionalSend};
 
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
+use crate::raft::digest::{digest_store, Checkpoints};
 use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
 use crate::raft::records;
 use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
@@ -35,6 +36,7 @@ use crate::store::Store;
 pub struct StateMachine {
     store: Store,
     files: Arc<SnapshotFiles>,
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl StateMachine {
@@ -44,7 +46,13 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             files: Arc::new(files),
+            checkpoints: Arc::default(),
         })
+    }
+
+    /// Digests taken at checkpoint entries.
+    pub fn checkpoints(&self) -> &Arc<Checkpoints> {
+        &self.checkpoints
     }
 
     /// A fresh temp path in the snapshot directory (for spooling an incoming snapshot).
@@ -56,6 +64,37 @@ impl StateMachine {
     pub fn last_applied(&self) -> io::Result<Option<LogId>> {
         meta::sm_get::<LastAppliedKey>(&self.store)
     }
+}
+
+fn is_checkpoint(e: &Entry) -> bool {
+    matches!(&e.payload, EntryPayload::Normal(c) if c.is_checkpoint())
+}
+
+/// Apply `entries`: one store batch per run of entries ending at a checkpoint (or at the
+/// end). Right after a checkpoint's batch is committed, the state is exactly that of its index
+/// on every replica, and its digest is taken into `checkpoints`.
+fn apply_entries(
+    store: &Store,
+    entries: &[Entry],
+    checkpoints: &Checkpoints,
+) -> io::Result<Vec<Response>> {
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let cut = rest
+            .iter()
+            .position(is_checkpoint)
+            .map_or(rest.len(), |i| i + 1);
+        let (run, tail) = rest.split_at(cut);
+        responses.extend(apply_batch(store, run)?);
+        if let Some(last) = run.last().filter(|e| is_checkpoint(e)) {
+            let d = digest_store(store).map_err(io::Error::other)?;
+            tracing::info!(index = last.log_id.index, sha256 = %d.sha256, "checkpoint digest");
+            checkpoints.record(last.log_id.index, d);
+        }
+        rest = tail;
+    }
+    Ok(responses)
 }
 
 /// Apply `entries` in one batch; returns one response per entry, in order.
@@ -173,8 +212,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let store = self.store.clone();
-        let responses = tokio::task::spawn_blocking(move || apply_batch(&store, &batch))
+        let (store, cps) = (self.store.clone(), self.checkpoints.clone());
+        let responses = tokio::task::spawn_blocking(move || apply_entries(&store, &batch, &cps))
             .await
             .map_err(io::Error::other)??;
         for (responder, response) in responders.into_iter().zip(responses) {

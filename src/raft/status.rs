@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// On the leader: the highest log index known replicated to each member.
     pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// On the leader: milliseconds since each member last acknowledged a heartbeat or an
+    /// append (`None`: not since this node became leader).
+    pub millis_since_heartbeat: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl NodeStatus {
@@ -72,6 +75,15 @@ impl NodeStatus {
                 .map(|r| {
                     r.iter()
                         .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            millis_since_heartbeat: m
+                .heartbeat
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .map(|(id, t)| (*id, t.as_ref().map(|t| t.elapsed().as_millis() as u64)))
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -88,6 +88,7 @@ impl fmt::Display for Command {
                 Op::Resolve { id, choose, .. } => {
                     write!(f, "v1 resolve {id} {choose} req={:x}", c.request_id)
                 }
+                Op::Checkpoint => write!(f, "v1 checkpoint req={:x}", c.request_id),
             },
         }
     }

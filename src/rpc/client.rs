@@ -15,12 +15,13 @@ use tonic::transport::{Channel, Endpoint};
 use super::proto::cluster_service_client::ClusterServiceClient;
 use super::proto::raft_service_client::RaftServiceClient;
 use super::proto::{
-    ForwardRequest, JoinRequest, LeaveRequest, PingRequest, RaftCall, SnapshotChunk,
+    DigestRequest, ForwardRequest, JoinRequest, LeaveRequest, PingRequest, RaftCall,
+    RebuildRequest, SnapshotChunk,
 };
 use super::tls::ClusterTls;
 use crate::raft::{
     ForwardFuture, JoinOutcome, JoinSpec, KeyraftNode, LeaderForwarder, NodeId, PeerTransport,
-    RaftRpc, TransportError,
+    RaftRpc, StateDigest, TransportError,
 };
 
 /// Snapshot chunk size.
@@ -252,6 +253,40 @@ impl LeaderForwarder for GrpcTransport {
                 .map_err(reason)?
                 .into_inner();
             Ok((r.node_id, r.name))
+        })
+    }
+
+    fn digest_at<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        id: NodeId,
+        index: u64,
+    ) -> ForwardFuture<'a, Option<StateDigest>> {
+        Box::pin(async move {
+            let r = self
+                .cluster(node)?
+                .digest_at(request(
+                    DigestRequest { target: id, index },
+                    Duration::from_secs(20),
+                ))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            Ok(r.found.then_some(StateDigest {
+                applied_index: Some(r.applied_index),
+                sha256: r.sha256,
+                bytes: r.bytes,
+            }))
+        })
+    }
+
+    fn rebuild<'a>(&'a self, node: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, ()> {
+        Box::pin(async move {
+            self.cluster(node)?
+                .rebuild(request(RebuildRequest { target: id }, JOIN_TIMEOUT))
+                .await
+                .map_err(reason)?;
+            Ok(())
         })
     }
 }

@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::cluster_service_server::{ClusterService, ClusterServiceServer};
 use super::proto::raft_service_server::{RaftService, RaftServiceServer};
 use super::proto::{
-    ForwardReply, ForwardRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PingReply,
-    PingRequest, RaftCall, RaftReply, SnapshotChunk,
+    DigestReply, DigestRequest, ForwardReply, ForwardRequest, JoinReply, JoinRequest, LeaveReply,
+    LeaveRequest, PingReply, PingRequest, RaftCall, RaftReply, RebuildReply, RebuildRequest,
+    SnapshotChunk,
 };
 use super::tls::{peer_names, ClusterTls};
 use crate::raft::command::Command;
@@ -86,6 +87,8 @@ impl RaftService for RaftSvc {
     ) -> Result<Response<RaftReply>, Status> {
         let mut stream = req.into_inner();
         let path = self.raft.snapshot_spool_path();
+        let tracker = self.raft.sync_tracker();
+        tracker.receive_started();
         let result = async {
             let mut header = None;
             let mut file = tokio::fs::File::create(&path)
@@ -99,6 +102,7 @@ impl RaftService for RaftSvc {
                 file.write_all(&chunk.data)
                     .await
                     .map_err(|e| e.to_string())?;
+                tracker.received(chunk.data.len() as u64);
             }
             file.sync_all().await.map_err(|e| e.to_string())?;
             drop(file);
@@ -113,6 +117,7 @@ impl RaftService for RaftSvc {
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
+        tracker.receive_finished(None, result.as_ref().map(|_| ()).map_err(Clone::clone));
         Ok(reply(result))
     }
 }
@@ -186,6 +191,51 @@ impl ClusterService for ClusterSvc {
         let id = req.into_inner().node_id;
         let removed = self.keys.leave(id).await.map_err(status)?;
         Ok(Response::new(LeaveReply { removed }))
+    }
+
+    async fn digest_at(
+        &self,
+        req: Request<DigestRequest>,
+    ) -> Result<Response<DigestReply>, Status> {
+        let DigestRequest { target, index } = req.into_inner();
+        self.check_target(target)?;
+        let d = self
+            .keys
+            .raft()
+            .checkpoint_digest(index, std::time::Duration::from_secs(15))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match d {
+            Some(d) => DigestReply {
+                found: true,
+                applied_index: d.applied_index.unwrap_or(0),
+                sha256: d.sha256,
+                bytes: d.bytes,
+            },
+            None => DigestReply::default(),
+        }))
+    }
+
+    async fn rebuild(
+        &self,
+        req: Request<RebuildRequest>,
+    ) -> Result<Response<RebuildReply>, Status> {
+        self.check_target(req.into_inner().target)?;
+        self.keys.rebuild_self().await.map_err(status)?;
+        Ok(Response::new(RebuildReply {}))
+    }
+}
+
+impl ClusterSvc {
+    /// Refuse calls meant for another Raft id (see [`RaftSvc::check_target`]).
+    fn check_target(&self, target: u64) -> Result<(), Status> {
+        let me = self.keys.raft().id();
+        if target != me {
+            return Err(Status::failed_precondition(format!(
+                "this is node {me}, not node {target}"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@ mod harness;
 
 mod conflicts;
 mod formation;
+mod maintenance;
 mod membership;
 mod partition;
 mod snapshot;

@@ -1,0 +1,270 @@
+//! Catching lagging members up: the leader's side of `POST /cluster/sync`, and the record of
+//! snapshot transfers behind `GET /cluster/sync/status`.
+//!
+//! openraft replicates on its own; what an operator can add is urgency and a choice of means.
+//! [`RaftNode::sync`] resets the replication back-off towards the targets (a peer that was
+//! unreachable is retried at once) and sends a heartbeat; with `snapshot`, it also builds a
+//! snapshot and purges the log up to it, so a member far behind receives the snapshot instead of
+//! replaying a long log. [`SyncTracker`] records every snapshot this node sends or receives:
+//! peer, snapshot index, size, bytes so far (receiving side), state and duration.
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::types::NodeId;
+use super::{RaftError, RaftNode};
+
+/// One snapshot transfer, as this node saw it.
+#[derive(Debug, Clone)]
+struct Transfer {
+    snapshot_index: Option<u64>,
+    bytes_total: Option<u64>,
+    bytes_done: u64,
+    started: Instant,
+    finished: Option<(Instant, Result<(), String>)>,
+}
+
+/// A transfer as `/cluster/sync/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferView {
+    /// The other side: the receiver (outgoing) or the sender's id if known (incoming).
+    pub peer: Option<NodeId>,
+    /// `sending`, `receiving`, `done` or `failed`.
+    pub state: String,
+    pub snapshot_index: Option<u64>,
+    pub bytes_total: Option<u64>,
+    pub bytes_done: u64,
+    /// Milliseconds from start to end (or to now, while in progress).
+    pub elapsed_ms: u64,
+    /// Milliseconds since it ended.
+    pub finished_ms_ago: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Transfer {
+    fn view(&self, peer: Option<NodeId>, active: &str) -> TransferView {
+        let now = Instant::now();
+        let end = self.finished.as_ref().map_or(now, |(t, _)| *t);
+        TransferView {
+            peer,
+            state: match &self.finished {
+                None => active.to_string(),
+                Some((_, Ok(()))) => "done".into(),
+                Some((_, Err(_))) => "failed".into(),
+            },
+            snapshot_index: self.snapshot_index,
+            bytes_total: self.bytes_total,
+            bytes_done: self.bytes_done,
+            elapsed_ms: (end - self.started).as_millis() as u64,
+            finished_ms_ago: self
+                .finished
+                .as_ref()
+                .map(|(t, _)| (now - *t).as_millis() as u64),
+            error: self.finished.as_ref().and_then(|(_, r)| r.clone().err()),
+        }
+    }
+}
+
+/// Snapshot transfers this node sent (latest per receiver) and received (latest).
+#[derive(Debug, Default)]
+pub struct SyncTracker {
+    outgoing: Mutex<BTreeMap<NodeId, Transfer>>,
+    incoming: Mutex<Option<Transfer>>,
+}
+
+impl SyncTracker {
+    /// A snapshot of `bytes_total` bytes at `index` starts towards `peer`.
+    pub fn send_started(&self, peer: NodeId, index: Option<u64>, bytes_total: Option<u64>) {
+        let t = Transfer {
+            snapshot_index: index,
+            bytes_total,
+            bytes_done: 0,
+            started: Instant::now(),
+            finished: None,
+        };
+        self.outgoing.lock().expect("poisoned").insert(peer, t);
+    }
+
+    /// The snapshot towards `peer` ended.
+    pub fn send_finished(&self, peer: NodeId, result: Result<(), String>) {
+        if let Some(t) = self.outgoing.lock().expect("poisoned").get_mut(&peer) {
+            if result.is_ok() {
+                t.bytes_done = t.bytes_total.unwrap_or(0);
+            }
+            t.finished = Some((Instant::now(), result));
+        }
+    }
+
+    /// A snapshot starts arriving.
+    pub fn receive_started(&self) {
+        *self.incoming.lock().expect("poisoned") = Some(Transfer {
+            snapshot_index: None,
+            bytes_total: None,
+            bytes_done: 0,
+            started: Instant::now(),
+            finished: None,
+        });
+    }
+
+    /// `n` more bytes of the incoming snapshot arrived.
+    pub fn received(&self, n: u64) {
+        if let Some(t) = self.incoming.lock().expect("poisoned").as_mut() {
+            t.bytes_done += n;
+        }
+    }
+
+    /// The incoming snapshot's header names its index.
+    pub fn receive_index(&self, index: Option<u64>) {
+        if let Some(t) = self.incoming.lock().expect("poisoned").as_mut() {
+            t.snapshot_index = index;
+        }
+    }
+
+    /// The incoming snapshot (at `index`, if its header was read) was installed or failed.
+    pub fn receive_finished(&self, index: Option<u64>, result: Result<(), String>) {
+        if let Some(t) = self.incoming.lock().expect("poisoned").as_mut() {
+            t.snapshot_index = index.or(t.snapshot_index);
+            t.bytes_total = Some(t.bytes_done);
+            t.finished = Some((Instant::now(), result));
+        }
+    }
+
+    /// Outgoing transfers (latest per peer) and the latest incoming one.
+    pub fn views(&self) -> (Vec<TransferView>, Option<TransferView>) {
+        let out = self
+            .outgoing
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(id, t)| t.view(Some(*id), "sending"))
+            .collect();
+        let inc = self
+            .incoming
+            .lock()
+            .expect("poisoned")
+            .as_ref()
+            .map(|t| t.view(None, "receiving"));
+        (out, inc)
+    }
+}
+
+/// One member after a sync.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncedMember {
+    pub id: NodeId,
+    pub name: String,
+    /// Log index known replicated to it, before and after.
+    pub matched_before: Option<u64>,
+    pub matched_after: Option<u64>,
+    /// Entries it is still behind the leader's last log entry.
+    pub lag_after: u64,
+}
+
+/// What `POST /cluster/sync` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncOutcome {
+    pub leader: NodeId,
+    /// The snapshot built for the sync, when one was asked for.
+    pub snapshot_index: Option<u64>,
+    /// Log purged up to this index (inclusive), when a snapshot was asked for.
+    pub purged_upto: Option<u64>,
+    pub members: Vec<SyncedMember>,
+    /// True when every target matched the leader's last entry before the call returned.
+    pub caught_up: bool,
+}
+
+/// How long a sync waits for the snapshot to be built.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// How long a sync waits for the targets to catch up before answering.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+impl RaftNode {
+    /// Leader only: push replication to `target` (every other member when `None`) now, and with
+    /// `snapshot` build a snapshot and purge the log up to it so a far-behind member installs
+    /// the snapshot. Waits (up to 10 s) for the targets to match the leader's last entry.
+    pub async fn sync(
+        &self,
+        target: Option<NodeId>,
+        snapshot: bool,
+    ) -> Result<SyncOutcome, RaftError> {
+        let s = self.status();
+        if s.state != "Leader" {
+            return Err(RaftError::NotLeader { leader: s.leader });
+        }
+        let members = self.members();
+        if let Some(t) = target {
+            if !members.iter().any(|m| m.id == t) {
+                return Err(RaftError::UnknownMember(t.to_string()));
+            }
+        }
+        let targets: Vec<_> = members
+            .iter()
+            .filter(|m| m.id != s.id && target.is_none_or(|t| t == m.id))
+            .collect();
+        let raft = self.openraft();
+        let fatal = |e: openraft::errors::Fatal<_>| RaftError::Fatal(e.to_string());
+        raft.trigger()
+            .reset_backoff(targets.iter().map(|m| m.id))
+            .await
+            .map_err(fatal)?;
+        let (mut snapshot_index, mut purged_upto) = (None, None);
+        if snapshot {
+            let want = s.applied_index.unwrap_or(0);
+            raft.trigger().snapshot().await.map_err(fatal)?;
+            let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+            loop {
+                let now = self.status();
+                if now.snapshot_index.is_some_and(|i| i >= want) {
+                    snapshot_index = now.snapshot_index;
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(RaftError::Timeout(format!(
+                        "snapshot at {want} not built within {SYNC_WAIT:?}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let upto = snapshot_index.unwrap_or(0);
+            raft.trigger().purge_log(upto).await.map_err(fatal)?;
+            purged_upto = Some(upto);
+            tracing::info!(snapshot = upto, "sync: snapshot built, log purged up to it");
+        }
+        raft.trigger().heartbeat().await.map_err(fatal)?;
+        let last = s.last_log_index.unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        let after = loop {
+            let now = self.status();
+            let done = targets
+                .iter()
+                .all(|m| now.matched.get(&m.id).copied().flatten() >= Some(last));
+            if done || tokio::time::Instant::now() >= deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let now_last = after.last_log_index.unwrap_or(0);
+        let out: Vec<SyncedMember> = targets
+            .iter()
+            .map(|m| {
+                let matched_after = after.matched.get(&m.id).copied().flatten();
+                SyncedMember {
+                    id: m.id,
+                    name: m.node.name.clone(),
+                    matched_before: s.matched.get(&m.id).copied().flatten(),
+                    matched_after,
+                    lag_after: now_last.saturating_sub(matched_after.unwrap_or(0)),
+                }
+            })
+            .collect();
+        Ok(SyncOutcome {
+            leader: s.id,
+            snapshot_index,
+            purged_upto,
+            caught_up: out.iter().all(|m| m.matched_after >= Some(last)),
+            members: out,
+        })
+    }
+}
