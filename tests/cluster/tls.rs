@@ -213,3 +213,87 @@ fn mtls_cluster_forms_forwards_writes_and_refuses_foreign_plaintext_and_misnamed
         assert!(served(m, &certs[1].0, index), "{} serves the write", m.name);
     }
 }
+
+/// Replace `dir`'s files: `ca.pem` from the concatenation of `cas`, and (if given) the node
+/// certificate and key from `node`.
+fn install(dir: &Path, cas: &[&Path], node: Option<&Path>) {
+    let mut bundle = Vec::new();
+    for ca in cas {
+        bundle.extend(std::fs::read(ca.join("ca.pem")).unwrap());
+    }
+    std::fs::write(dir.join("ca.pem"), bundle).unwrap();
+    if let Some(n) = node {
+        for f in ["node.pem", "node.key"] {
+            std::fs::copy(n.join(f), dir.join(f)).unwrap();
+        }
+    }
+}
+
+/// Restart every member in turn (kill -9, start, ready), and check the cluster still forwards
+/// a write from each restarted member to every other.
+fn rolling_restart(members: &mut [Member], certs: &[(String, Vec<u8>)], step: &str) {
+    for i in 0..members.len() {
+        tracing_phase(&format!("{step}: restart {}", members[i].name));
+        members[i].kill9();
+        members[i].spawn();
+        members[i].wait_ready();
+        let (fpr, cert) = &certs[i];
+        let r = members[i].post(cert);
+        assert_eq!(
+            r.status,
+            200,
+            "{step}: write through {}: {}",
+            members[i].name,
+            r.text()
+        );
+        let index = log_index(&r);
+        for m in members.iter() {
+            assert!(served(m, fpr, index), "{step}: {} serves the write", m.name);
+        }
+    }
+}
+
+#[test]
+fn the_cluster_ca_rotates_node_by_node_through_a_two_ca_bundle() {
+    let t = TestDir::new();
+    let certs = debian_certs(12);
+    let (old, new) = (t.path().join("ca-old"), t.path().join("ca-new"));
+    cert_init(&old);
+    cert_init(&new);
+    let names = ["n1", "n2", "n3"];
+    let dirs: Vec<PathBuf> = names
+        .iter()
+        .map(|n| cert_issue(&old, n, &t.path().join(format!("tls-{n}"))))
+        .collect();
+    let mut members = vec![t.spec("n1").tls(&dirs[0]).start()];
+    members[0].wait_ready();
+    for (i, n) in names.iter().enumerate().skip(1) {
+        let m = t.spec(n).tls(&dirs[i]).join(&[members[0].http]).start();
+        m.wait_ready();
+        members.push(m);
+    }
+
+    // 1. Every node trusts both CAs (still presenting its old certificate).
+    for d in &dirs {
+        install(d, &[&old, &new], None);
+    }
+    rolling_restart(&mut members, &certs[0..3], "trust old+new");
+    // 2. Every node presents a certificate from the new CA.
+    for (i, n) in names.iter().enumerate() {
+        let fresh = cert_issue(&new, n, &t.path().join(format!("new-{n}")));
+        install(&dirs[i], &[&old, &new], Some(&fresh));
+    }
+    rolling_restart(&mut members, &certs[3..6], "new certificates");
+    // 3. Every node trusts the new CA only.
+    for d in &dirs {
+        install(d, &[&new], None);
+    }
+    rolling_restart(&mut members, &certs[6..9], "trust new only");
+    three_voters_only(&members.iter().collect::<Vec<_>>());
+
+    tracing_phase("a node still holding a certificate from the old CA is now refused");
+    let stale = cert_issue(&old, "n4", &t.path().join("tls-n4-old"));
+    install(&stale, &[&old, &new], None);
+    let n4 = t.spec("n4").tls(&stale).join(&[members[1].http]).start();
+    refused(&n4);
+}
