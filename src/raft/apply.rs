@@ -33,12 +33,16 @@ pub fn apply_command(
     }
     batch.record_request(c.request_id, index)?;
     records::prune_audit(batch, index, records::policies(batch)?.audit_keep)?;
+    super::replay::prune(batch, c.time)?;
     let mut ctx = Ctx {
         c,
         index,
         seq: 0,
         policies: records::policies(batch)?,
     };
+    if let Some(refused) = super::replay::admit(batch, &mut ctx)? {
+        return Ok(refused);
+    }
     let mut outcomes = Vec::new();
     match &c.op {
         Op::Submit {
@@ -105,6 +109,26 @@ pub fn apply_command(
             ctx.audit(batch, "resolve", &o);
             outcomes.push(o);
         }
+        Op::AuditRefusal {
+            action,
+            reason,
+            fingerprints,
+            suppressed,
+        } => {
+            let mut line = format!("refused: {reason}");
+            if *suppressed > 0 {
+                line.push_str(&format!(
+                    " ({suppressed} earlier refusals not audited: rate limit)"
+                ));
+            }
+            if fingerprints.is_empty() {
+                ctx.audit_line(batch, action, None, line.clone());
+            }
+            for f in fingerprints {
+                ctx.audit_line(batch, action, Some(f.clone()), line.clone());
+            }
+            outcomes.push(ApplyOutcome::Noted);
+        }
     }
     Ok(Response { outcomes })
 }
@@ -128,7 +152,7 @@ impl Ctx<'_> {
         self.audit_line(batch, action, fpr, line);
     }
 
-    fn audit_line(
+    pub(super) fn audit_line(
         &mut self,
         batch: &mut ApplyBatch,
         action: &str,
@@ -261,6 +285,8 @@ pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
             (Some(fingerprint.clone()), format!("conflict {id} resolved"))
         }
         ApplyOutcome::Duplicate => (None, "duplicate".into()),
+        ApplyOutcome::SignatureRefused { reason, .. } => (None, format!("refused: {reason}")),
+        ApplyOutcome::Noted => (None, "noted".into()),
     }
 }
 

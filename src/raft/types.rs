@@ -88,6 +88,9 @@ impl fmt::Display for Command {
                 Op::Resolve { id, choose, .. } => {
                     write!(f, "v1 resolve {id} {choose} req={:x}", c.request_id)
                 }
+                Op::AuditRefusal { action, .. } => {
+                    write!(f, "v1 audit refused {action} req={:x}", c.request_id)
+                }
             },
         }
     }
