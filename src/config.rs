@@ -61,6 +61,9 @@ pub struct ClusterConfig {
     /// Armored (or binary) certificates of administrators whose detached signatures
     /// authorise `/pks/delete` and `/pks/replace` (unset: those calls are refused).
     pub admin_keyring: Option<PathBuf>,
+    /// Most seconds between the creation time of a signed `/pks/delete` or `/pks/replace`
+    /// signature and the request (either way); a used signature is refused for as long.
+    pub admin_signature_window_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -78,6 +81,7 @@ impl Default for ClusterConfig {
             max_voters: 5,
             auto_remove_after: 0,
             admin_keyring: None,
+            admin_signature_window_secs: 3600,
         }
     }
 }
@@ -356,6 +360,11 @@ impl Config {
         if c.tls_dir.is_some() && c.insecure_plaintext {
             return Err(ConfigError::Invalid(
                 "cluster.tls_dir and cluster.insecure_plaintext exclude each other".into(),
+            ));
+        }
+        if c.admin_signature_window_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.admin_signature_window_secs must be positive".into(),
             ));
         }
         if c.max_voters == 0 {

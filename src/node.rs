@@ -203,6 +203,7 @@ impl Node {
                     }
                     None => Vec::new(),
                 }),
+                admin_signature_window_secs: cluster.admin_signature_window_secs,
             }),
         };
         let workers = if config.hkp.workers == 0 {

@@ -4,6 +4,11 @@
 //! admin keyring), and the JSON admin API with the admin token: `POST /cluster/admin/delete`
 //! (`{"fingerprint", "reason"}`) and `POST /cluster/admin/replace` (an armored or binary
 //! certificate as the body). Both JSON calls honour `If-Match` (412 when the version changed).
+//!
+//! A signed request is accepted once: its signature must have been made within
+//! `[cluster] admin_signature_window_secs` of the request (403 otherwise), and a second use of
+//! the same signature is refused with 409 "signature already used" (checked again in apply,
+//! deterministically, so copies racing through two nodes cannot both apply).
 use std::time::SystemTime;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -63,30 +68,16 @@ pub async fn signed(
             req.path()
         )));
     }
-    let actor = format!("admin-key {}", verified.signer);
     tracing::info!(signer = %verified.signer, action = ?verified.action, certs = ?verified.fingerprints, "signed admin request");
-    match verified.action {
-        AdminAction::Delete => {
-            let (report, index) = state
-                .keys
-                .delete(verified.fingerprints, None, "signed /pks/delete", &actor)
-                .await?;
-            Ok(respond(&req, &report, index))
-        }
-        AdminAction::Replace => {
-            let mut report = Vec::new();
-            let mut index = 0;
-            for cert in verified.certs {
-                let (r, i) = state
-                    .keys
-                    .replace(cert, state.settings.limits, None, &actor)
-                    .await?;
-                report.extend(r);
-                index = i;
-            }
-            Ok(respond(&req, &report, index))
-        }
-    }
+    let (report, index) = state
+        .keys
+        .signed_admin(
+            verified,
+            state.settings.limits,
+            state.settings.admin_signature_window_secs,
+        )
+        .await?;
+    Ok(respond(&req, &report, index))
 }
 
 #[derive(Deserialize)]

@@ -72,9 +72,16 @@ pub(super) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiE
 }
 
 /// `POST /cluster/join` with `{"id", "name", "raft_addr", "http_addr", "secret"}`.
-pub async fn join(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn join(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let spec: JoinSpec = parse(&body)?;
-    let outcome = state.keys.join(spec).await?;
+    let client = req
+        .peer_addr()
+        .map_or_else(|| "an unknown address".into(), |a| a.to_string());
+    let outcome = state.keys.join(spec, &client).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 

@@ -97,6 +97,8 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Raft(r) => r.into(),
+            SubmitError::SignatureUsed => ApiError::Conflict(e.to_string()),
+            SubmitError::SignatureTime(_) => ApiError::Forbidden(e.to_string()),
             other => ApiError::Unprocessable(other.to_string()),
         }
     }

@@ -47,6 +47,8 @@ pub struct ApiSettings {
     pub admin_token: Option<String>,
     /// Certificates whose signatures authorise `/pks/delete` and `/pks/replace`.
     pub admin_keys: Arc<Vec<sequoia_openpgp::Cert>>,
+    /// Most seconds between a signed admin request's signature and its arrival.
+    pub admin_signature_window_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -58,6 +60,7 @@ impl Default for ApiSettings {
             limits: Limits::default(),
             admin_token: None,
             admin_keys: Arc::default(),
+            admin_signature_window_secs: 3600,
         }
     }
 }

@@ -13,6 +13,13 @@
 //! expired or been revoked must stop authorising anything, the admin certificate and the signing
 //! key must also be valid, live, unrevoked and signing-capable at `now`.
 //!
+//! Replay: the request also reports when the signature was made ([`SignedAdminRequest::signed_at`])
+//! and an identity of the signature ([`SignedAdminRequest::use_id`]) with which the caller
+//! refuses a second use. The identity covers what the signature commits to (the keytext, the
+//! signing key, the signature's type, algorithms and hashed subpackets), not the packet bytes:
+//! the unhashed subpacket area (and, for some algorithms, the signature values) can be changed
+//! without invalidating a signature, so a hash of the packet could be dodged by a replayer.
+//!
 //! Pure: no I/O, no clock (`now` is an argument); must not depend on the store, raft, api or
 //! rpc layers.
 //!
@@ -23,13 +30,15 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use sequoia_openpgp::cert::CertParser;
+use sequoia_openpgp::packet::Signature;
 use sequoia_openpgp::parse::stream::{
     DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper,
 };
 use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::serialize::MarshalInto;
 use sequoia_openpgp::types::RevocationStatus;
-use sequoia_openpgp::{Cert, KeyHandle};
+use sequoia_openpgp::{Cert, Fingerprint, KeyHandle};
+use sha2::{Digest, Sha256};
 
 use super::parse::{armor_blocks, one_line};
 use super::{parse_submission, Limits, Parsed, PgpError, POLICY};
@@ -65,6 +74,11 @@ pub struct SignedAdminRequest {
     pub fingerprints: Vec<String>,
     /// Upper-case hex primary fingerprint of the admin certificate whose (sub)key signed.
     pub signer: String,
+    /// When the signature says it was made, Unix seconds.
+    pub signed_at: u64,
+    /// The identity of this signed request (SHA-256, see the module docs): equal for every
+    /// copy of the same signature, whatever its armor or unhashed subpackets.
+    pub use_id: [u8; 32],
 }
 
 /// Why a signed admin request was refused. Each message is a one-line reason.
@@ -126,7 +140,7 @@ pub fn verify_admin_request(
     now: SystemTime,
 ) -> Result<SignedAdminRequest, AdminError> {
     let (action, rest) = command(keytext).ok_or(AdminError::NotAdminRequest)?;
-    let signer = verify_signature(keytext, keysig, admins, now)?;
+    let good = verify_signature(keytext, keysig, admins, now)?;
     let certs = read_certs(rest)?;
     let fingerprints = certs.iter().map(|c| c.fingerprint().to_hex()).collect();
     let certs = certs
@@ -137,7 +151,9 @@ pub fn verify_admin_request(
         action,
         certs,
         fingerprints,
-        signer,
+        signer: good.signer,
+        signed_at: good.signed_at,
+        use_id: good.use_id,
     })
 }
 
@@ -156,19 +172,27 @@ fn command(keytext: &[u8]) -> Option<(AdminAction, &[u8])> {
         })
 }
 
-/// Verify `keysig` over `keytext`; the signer's primary fingerprint on success.
+/// The signature that authenticated a request.
+struct GoodSignature {
+    signer: String,
+    signed_at: u64,
+    use_id: [u8; 32],
+}
+
+/// Verify `keysig` over `keytext`; the signature that verified.
 fn verify_signature(
     keytext: &[u8],
     keysig: &[u8],
     admins: &[Cert],
     now: SystemTime,
-) -> Result<String, AdminError> {
+) -> Result<GoodSignature, AdminError> {
     if keysig.iter().all(u8::is_ascii_whitespace) {
         return Err(AdminError::NoValidSignature);
     }
     let helper = Helper {
         admins,
         now,
+        keytext: Sha256::digest(keytext).into(),
         signer: None,
     };
     let mut verifier = DetachedVerifierBuilder::from_bytes(keysig)
@@ -188,7 +212,26 @@ fn verify_signature(
 struct Helper<'a> {
     admins: &'a [Cert],
     now: SystemTime,
-    signer: Option<String>,
+    /// SHA-256 of the keytext.
+    keytext: [u8; 32],
+    signer: Option<GoodSignature>,
+}
+
+/// The identity of a signature over a keytext (see the module docs).
+fn use_id(keytext: &[u8; 32], key: &Fingerprint, sig: &Signature) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"keyraft signed admin request v1\0");
+    h.update(keytext);
+    h.update([key.as_bytes().len() as u8]);
+    h.update(key.as_bytes());
+    h.update([
+        sig.version(),
+        u8::from(sig.typ()),
+        u8::from(sig.pk_algo()),
+        u8::from(sig.hash_algo()),
+    ]);
+    h.update(sig.hashed_area().to_vec().unwrap_or_default());
+    h.finalize().into()
 }
 
 impl VerificationHelper for Helper<'_> {
@@ -201,8 +244,17 @@ impl VerificationHelper for Helper<'_> {
             if let MessageLayer::SignatureGroup { results } = layer {
                 for good in results.into_iter().flatten() {
                     let fpr = good.ka.key().fingerprint();
+                    let signed_at = good
+                        .sig
+                        .signature_creation_time()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    let Some(signed_at) = signed_at else { continue };
                     if fit_to_sign_now(good.ka.cert(), &KeyHandle::from(&fpr), self.now) {
-                        self.signer = Some(good.ka.cert().fingerprint().to_hex());
+                        self.signer = Some(GoodSignature {
+                            signer: good.ka.cert().fingerprint().to_hex(),
+                            signed_at: signed_at.as_secs(),
+                            use_id: use_id(&self.keytext, &fpr, good.sig),
+                        });
                         return Ok(());
                     }
                 }
@@ -554,6 +606,51 @@ mod tests {
             verify_admin_request(&text, &sig, &admins, now()),
             Err(AdminError::Unparsable(_))
         ));
+    }
+
+    #[test]
+    fn every_copy_of_a_signature_is_one_use_and_another_signature_is_another() {
+        use sequoia_openpgp::packet::signature::subpacket::{
+            NotationData, NotationDataFlags, Subpacket, SubpacketValue,
+        };
+        use sequoia_openpgp::{Packet, PacketPile};
+        let f = fixture();
+        let admins = [public(&f.admin)];
+        let text = keytext("/pks/delete", &[&f.target]);
+        let at = now() - Duration::from_secs(60);
+        let sig = sign_at(&f.admin, &text, at);
+        let req = verify_admin_request(&text, &sig, &admins, now()).unwrap();
+        assert_eq!(
+            req.signed_at,
+            at.duration_since(UNIX_EPOCH).unwrap().as_secs()
+        );
+
+        // The same signature, binary, with an extra unhashed subpacket: still valid, and
+        // still the same use (a replayer cannot dodge the check by re-encoding it).
+        let Some(Packet::Signature(mut packet)) =
+            PacketPile::from_bytes(&sig).unwrap().into_children().next()
+        else {
+            panic!("a signature packet");
+        };
+        let note = NotationData::new("replay@example.org", b"x", NotationDataFlags::empty());
+        packet
+            .unhashed_area_mut()
+            .add(Subpacket::new(SubpacketValue::NotationData(note), false).unwrap())
+            .unwrap();
+        let bare = Packet::from(packet).to_vec().unwrap();
+        assert!(!bare.starts_with(b"-----"), "binary");
+        let copy = verify_admin_request(&text, &bare, &admins, now()).unwrap();
+        assert_eq!(copy.use_id, req.use_id);
+
+        // A fresh signature over the same text a second later is a new use; so is the same
+        // signing time over another text.
+        let later = sign_at(&f.admin, &text, at + Duration::from_secs(1));
+        let again = verify_admin_request(&text, &later, &admins, now()).unwrap();
+        assert_ne!(again.use_id, req.use_id);
+        let text2 = keytext("/pks/delete", &[&f.other]);
+        let sig2 = sign_at(&f.admin, &text2, at);
+        let other = verify_admin_request(&text2, &sig2, &admins, now()).unwrap();
+        assert_ne!(other.use_id, req.use_id);
     }
 
     #[test]

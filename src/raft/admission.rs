@@ -3,7 +3,10 @@
 //! `max_voters`, and graceful leave with leadership transfer.
 //!
 //! Every change happens on the leader; a follower checks the secret and forwards through the
-//! [`LeaderForwarder`]. Refusals are logged with the words "join refused" and the reason.
+//! [`LeaderForwarder`]. Refusals are logged with the words "join refused" and the reason, and
+//! handed to the caller's `on_refuse` (the facade audits them, rate-limited: see
+//! [`super::refusals`]). A refusal decided by the leader for a forwarded join is reported by the
+//! leader only, not again by the forwarding node.
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -74,8 +77,12 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn refuse(spec: &JoinSpec, reason: String) -> RaftError {
+/// Called with the joiner and the reason of every refusal decided on this node.
+pub type OnRefuse<'a> = &'a (dyn Fn(&JoinSpec, &str) + Sync);
+
+fn refuse(spec: &JoinSpec, reason: String, on_refuse: OnRefuse) -> RaftError {
     tracing::warn!(node_id = spec.id, name = %spec.name, raft_addr = %spec.raft_addr, "join refused: {reason}");
+    on_refuse(spec, &reason);
     RaftError::Refused(reason)
 }
 
@@ -101,22 +108,24 @@ fn leader_elsewhere(raft: &RaftNode) -> Result<Option<KeyraftNode>, RaftError> {
 impl Admission {
     /// Admit `spec`: on the leader, or forwarded to it. Checks the secret first (a follower
     /// never forwards a wrong one), then, on the leader, that the joiner answers at its address
-    /// under its id and name.
+    /// under its id and name. Every refusal decided here is also handed to `on_refuse`.
     pub async fn join(
         &self,
         raft: &RaftNode,
         fwd: Option<&dyn LeaderForwarder>,
         spec: JoinSpec,
+        on_refuse: OnRefuse<'_>,
     ) -> Result<JoinOutcome, RaftError> {
         if let Some(secret) = &self.secret {
             if !same_secret(secret, &spec.secret) {
-                return Err(refuse(&spec, "wrong cluster secret".into()));
+                return Err(refuse(&spec, "wrong cluster secret".into(), on_refuse));
             }
         }
         if spec.id == 0 || spec.name.is_empty() || spec.raft_addr.is_empty() {
             return Err(refuse(
                 &spec,
                 "a join needs an id, a name and a raft address".into(),
+                on_refuse,
             ));
         }
         if let Some(leader) = leader_elsewhere(raft)? {
@@ -135,12 +144,14 @@ impl Admission {
                     return Err(refuse(
                         &spec,
                         format!("{} answers as {name} (id {id})", spec.raft_addr),
+                        on_refuse,
                     ))
                 }
                 Err(e) => {
                     return Err(refuse(
                         &spec,
                         format!("cannot reach {} at {}: {e}", spec.name, spec.raft_addr),
+                        on_refuse,
                     ))
                 }
             }
@@ -160,7 +171,11 @@ impl Admission {
             .map(|m| m.id);
         if let Some(old) = replaced {
             if old == raft.id() {
-                return Err(refuse(&spec, format!("the leader is named {}", spec.name)));
+                return Err(refuse(
+                    &spec,
+                    format!("the leader is named {}", spec.name),
+                    on_refuse,
+                ));
             }
             tracing::warn!(old_id = old, new_id = spec.id, name = %spec.name,
                 "join: replacing the record of a member with the same name (wiped data directory)");

@@ -33,12 +33,16 @@ pub fn apply_command(
     }
     batch.record_request(c.request_id, index)?;
     records::prune_audit(batch, index, records::policies(batch)?.audit_keep)?;
+    super::replay::prune(batch, c.time)?;
     let mut ctx = Ctx {
         c,
         index,
         seq: 0,
         policies: records::policies(batch)?,
     };
+    if let Some(refused) = super::replay::admit(batch, &mut ctx)? {
+        return Ok(refused);
+    }
     let mut outcomes = Vec::new();
     match &c.op {
         Op::Submit {
@@ -109,6 +113,26 @@ pub fn apply_command(
             ctx.audit_line(batch, "checkpoint", None, "repair checkpoint".into());
             outcomes.push(ApplyOutcome::Checkpointed);
         }
+        Op::AuditRefusal {
+            action,
+            reason,
+            fingerprints,
+            suppressed,
+        } => {
+            let mut line = format!("refused: {reason}");
+            if *suppressed > 0 {
+                line.push_str(&format!(
+                    " ({suppressed} earlier refusals not audited: rate limit)"
+                ));
+            }
+            if fingerprints.is_empty() {
+                ctx.audit_line(batch, action, None, line.clone());
+            }
+            for f in fingerprints {
+                ctx.audit_line(batch, action, Some(f.clone()), line.clone());
+            }
+            outcomes.push(ApplyOutcome::Noted);
+        }
     }
     Ok(Response { outcomes })
 }
@@ -132,7 +156,7 @@ impl Ctx<'_> {
         self.audit_line(batch, action, fpr, line);
     }
 
-    fn audit_line(
+    pub(super) fn audit_line(
         &mut self,
         batch: &mut ApplyBatch,
         action: &str,
@@ -266,6 +290,8 @@ pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
         }
         ApplyOutcome::Duplicate => (None, "duplicate".into()),
         ApplyOutcome::Checkpointed => (None, "checkpoint".into()),
+        ApplyOutcome::SignatureRefused { reason, .. } => (None, format!("refused: {reason}")),
+        ApplyOutcome::Noted => (None, "noted".into()),
     }
 }
 

@@ -35,6 +35,7 @@ impl Node {
             op,
             origin,
             actor: format!("test {origin}"),
+            signed: None,
         });
         let mut b = self.store.begin_apply();
         let r = apply_command(&mut b, &cmd, self.index).unwrap();

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::Policies;
 pub use super::records::Policy;
+pub use super::replay::SignedUse;
 use crate::store::VersionVector;
 
 /// A replicated state-machine command. New versions are added as new variants; old ones stay
@@ -32,6 +33,10 @@ pub struct CommandV1 {
     /// Who asked, for the audit trail (`hkp <address>`, `admin-token`, `admin-key <fpr>`).
     #[serde(default)]
     pub actor: String,
+    /// For a command authorised by a signed admin request: the signature's identity and time,
+    /// which apply checks against replays and the window ([`super::replay`]).
+    #[serde(default)]
+    pub signed: Option<SignedUse>,
 }
 
 /// The operation a command performs.
@@ -76,6 +81,20 @@ pub enum Op {
         id: u64,
         choose: String,
         note: String,
+    },
+    /// Record in the audit trail a request this node refused before it became a write (a
+    /// refused join, a replayed admin signature); the command's actor says who asked.
+    AuditRefusal {
+        /// What was refused: `join`, `delete`, `replace`.
+        action: String,
+        /// Why, one line.
+        reason: String,
+        /// The certificates the refused request named (none for a join).
+        #[serde(default)]
+        fingerprints: Vec<String>,
+        /// Refusals the proposer left out of the audit since the last audited one (its rate
+        /// limit).
+        suppressed: u64,
     },
     /// Changes nothing: every node computes the digest of its state right after applying this
     /// entry, so `/cluster/repair` compares replicas at one and the same log index.
@@ -155,6 +174,11 @@ pub enum ApplyOutcome {
     Resolved { id: u64, fingerprint: String },
     /// A checkpoint for `/cluster/repair`.
     Checkpointed,
+    /// The signed admin request authorising the command was refused, nothing was done:
+    /// `replay` when the signature was already used, else it was made outside the window.
+    SignatureRefused { replay: bool, reason: String },
+    /// A refusal was recorded in the audit trail.
+    Noted,
 }
 
 mod serde_bytes_vec {

@@ -7,15 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sequoia_openpgp::serialize::MarshalInto;
-
 use super::admission::{Admission, JoinOutcome, JoinSpec};
 use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
 use super::forward::LeaderForwarder;
 use super::records;
+use super::submission::{item_report, prepare};
+pub use super::submission::{ItemReport, Status, SubmitError};
 use super::types::NodeId;
 use super::{RaftError, RaftNode};
-use crate::pgp::{self, Limits, Parsed, PgpError};
+use crate::pgp::{self, Limits};
 use crate::store::VersionVector;
 use crate::store::{CertRecord, IndexKind, Store, StoreStats};
 
@@ -44,46 +44,6 @@ pub struct KeyView {
     pub updated_at: u64,
 }
 
-/// The result of one submitted item.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    New,
-    Updated,
-    Unchanged,
-    Rejected,
-    /// The write raced another update and waits for an operator (`/cluster/conflicts`).
-    Conflict,
-    /// The reject policy refused the write as stale (HTTP 409).
-    Stale,
-    /// `If-Match` did not match the stored version (HTTP 412).
-    PreconditionFailed,
-}
-
-/// One line of a submission report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ItemReport {
-    pub fingerprint: String,
-    pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Why a submission failed as a whole.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SubmitError {
-    /// The input was refused before proposing (secret keys, nothing parsable, nothing valid).
-    #[error("{0}")]
-    Refused(PgpError),
-    /// Every certificate was rejected; the reasons, one per item.
-    #[error("no valid certificate: {}", .0.iter().map(|i| i.reason.clone().unwrap_or_default()).collect::<Vec<_>>().join("; "))]
-    NothingValid(Vec<ItemReport>),
-    /// The write could not be committed.
-    #[error(transparent)]
-    Raft(#[from] RaftError),
-}
-
 /// How long a write keeps trying to reach a leader (retries reuse the request id, so a write
 /// is never applied twice).
 const COMMIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(25);
@@ -101,6 +61,7 @@ pub struct Keyserver {
     forwarder: Option<Arc<dyn LeaderForwarder>>,
     admission: Arc<Admission>,
     left: Arc<std::sync::atomic::AtomicBool>,
+    refusals: Arc<super::refusals::RefusalLimiter>,
 }
 
 impl Keyserver {
@@ -114,6 +75,7 @@ impl Keyserver {
             forwarder: None,
             admission: Arc::new(Admission::default()),
             left: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 
@@ -124,9 +86,15 @@ impl Keyserver {
     }
 
     /// Admit a node to the cluster: here when this node leads, else through the leader.
-    pub async fn join(&self, spec: JoinSpec) -> Result<JoinOutcome, RaftError> {
+    /// `client` is the address the request came from; a refusal decided here is audited
+    /// (rate-limited, see [`Self::note_refusal`]).
+    pub async fn join(&self, spec: JoinSpec, client: &str) -> Result<JoinOutcome, RaftError> {
+        let note = |spec: &JoinSpec, reason: &str| {
+            let actor = format!("joiner {} (id {}) from {client}", spec.name, spec.id);
+            self.note_refusal("join", &actor, &[], reason);
+        };
         self.admission
-            .join(&self.raft, self.forwarder.as_deref(), spec)
+            .join(&self.raft, self.forwarder.as_deref(), spec, &note)
             .await
     }
 
@@ -162,7 +130,7 @@ impl Keyserver {
     /// Commit `cmd`: here when this node leads, else through the leader. Answers once the
     /// entry is applied on this node too, so the caller reads its own write here. A leader
     /// change mid-way is retried with the same request id (apply skips duplicates).
-    async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+    pub(super) async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
         use std::time::Duration;
         // While no leader is known (an election, a partition) the write waits for one, so a
         // follower cut off for a moment forwards its queued writes once healed. The API's write
@@ -208,6 +176,11 @@ impl Keyserver {
         Err(last)
     }
 
+    /// The rate limit on audited refusals.
+    pub(super) fn refusals(&self) -> &super::refusals::RefusalLimiter {
+        &self.refusals
+    }
+
     /// The local replica (for the raft layer's own read modules).
     pub(super) fn store(&self) -> &Store {
         &self.store
@@ -223,7 +196,7 @@ impl Keyserver {
         &self.raft
     }
 
-    fn request_id(&self) -> u128 {
+    pub(super) fn request_id(&self) -> u128 {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -243,7 +216,7 @@ impl Keyserver {
             .unwrap_or_default())
     }
 
-    fn command(&self, op: Op, actor: &str) -> Command {
+    pub(super) fn command(&self, op: Op, actor: &str) -> Command {
         Command::V1(CommandV1 {
             request_id: self.request_id(),
             time: SystemTime::now()
@@ -253,6 +226,7 @@ impl Keyserver {
             op,
             origin: self.node_id,
             actor: actor.to_string(),
+            signed: None,
         })
     }
 
@@ -305,6 +279,18 @@ impl Keyserver {
         reason: &str,
         actor: &str,
     ) -> Result<(Vec<ItemReport>, u64), RaftError> {
+        let op = self.delete_op(fingerprints, if_match, reason)?;
+        let (resp, index) = self.commit(self.command(op, actor)).await?;
+        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+    }
+
+    /// The delete of `fingerprints`, with the bases this replica holds.
+    pub(super) fn delete_op(
+        &self,
+        fingerprints: Vec<String>,
+        if_match: Option<String>,
+        reason: &str,
+    ) -> Result<Op, RaftError> {
         let mut bases = Vec::new();
         for f in &fingerprints {
             let fpr = pgp::Fingerprint::from_hex(f)
@@ -312,14 +298,12 @@ impl Keyserver {
                 .unwrap_or_default();
             bases.push(self.version_of(&fpr)?);
         }
-        let op = Op::Delete {
+        Ok(Op::Delete {
             fingerprints,
             bases,
             if_match,
             reason: reason.to_string(),
-        };
-        let (resp, index) = self.commit(self.command(op, actor)).await?;
-        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+        })
     }
 
     /// Replace a whole certificate (admin): validated and cleaned here like a submission, then
@@ -331,6 +315,19 @@ impl Keyserver {
         if_match: Option<String>,
         actor: &str,
     ) -> Result<(Vec<ItemReport>, u64), SubmitError> {
+        let op = self.replace_op(body, limits, if_match).await?;
+        let (resp, index) = self.commit(self.command(op, actor)).await?;
+        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+    }
+
+    /// The replace of one certificate (validated and cleaned here), with the base this replica
+    /// holds.
+    pub(super) async fn replace_op(
+        &self,
+        body: Vec<u8>,
+        limits: Limits,
+        if_match: Option<String>,
+    ) -> Result<Op, SubmitError> {
         let now = SystemTime::now();
         let (clean, report) = tokio::task::spawn_blocking(move || prepare(&body, &limits, now))
             .await
@@ -341,14 +338,12 @@ impl Keyserver {
             return Err(SubmitError::NothingValid(report));
         };
         let base = self.version_of(&fpr)?;
-        let op = Op::Replace {
+        Ok(Op::Replace {
             cert,
             base,
             if_match,
             limits,
-        };
-        let (resp, index) = self.commit(self.command(op, actor)).await?;
-        Ok((resp.outcomes.into_iter().map(item_report).collect(), index))
+        })
     }
 
     /// Propose an operation whose only outcome is applied state (policies, resolutions).
@@ -445,109 +440,6 @@ fn view(r: CertRecord) -> Result<KeyView, RaftError> {
         summary,
         updated_at: r.updated_at,
     })
-}
-
-fn item_report(o: ApplyOutcome) -> ItemReport {
-    let (fingerprint, status, reason) = match o {
-        ApplyOutcome::New { fingerprint } => (fingerprint, Status::New, None),
-        ApplyOutcome::Updated { fingerprint }
-        | ApplyOutcome::Deleted { fingerprint }
-        | ApplyOutcome::Replaced { fingerprint } => (fingerprint, Status::Updated, None),
-        ApplyOutcome::Conflict {
-            fingerprint,
-            id,
-            policy,
-            status,
-        } => {
-            let reason =
-                format!("raced a concurrent update: conflict {id}, {status} (policy {policy:?})");
-            let s = if status == "open" {
-                Status::Conflict
-            } else {
-                Status::Updated
-            };
-            (fingerprint, s, Some(reason))
-        }
-        ApplyOutcome::Stale {
-            fingerprint,
-            current,
-        } => (
-            fingerprint,
-            Status::Stale,
-            Some(format!(
-                "the certificate changed concurrently; current version {current}"
-            )),
-        ),
-        ApplyOutcome::PreconditionFailed {
-            fingerprint,
-            current,
-        } => (
-            fingerprint,
-            Status::PreconditionFailed,
-            Some(format!(
-                "If-Match does not match the current version {current}"
-            )),
-        ),
-        ApplyOutcome::PoliciesSet | ApplyOutcome::Resolved { .. } | ApplyOutcome::Checkpointed => {
-            (String::new(), Status::Updated, None)
-        }
-        ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {
-            (fingerprint, Status::Unchanged, None)
-        }
-        ApplyOutcome::Rejected {
-            fingerprint,
-            reason,
-        } => (fingerprint, Status::Rejected, Some(reason)),
-        ApplyOutcome::Duplicate => (
-            String::new(),
-            Status::Unchanged,
-            Some("duplicate request".into()),
-        ),
-    };
-    ItemReport {
-        fingerprint,
-        status,
-        reason,
-    }
-}
-
-/// Parse and clean a submission (CPU-bound; runs on a blocking thread).
-/// Cleaned certificates as (primary fingerprint bytes, canonical binary).
-type Cleaned = Vec<(Vec<u8>, Vec<u8>)>;
-
-fn prepare(
-    body: &[u8],
-    limits: &Limits,
-    now: SystemTime,
-) -> Result<(Cleaned, Vec<ItemReport>), PgpError> {
-    let mut clean = Vec::new();
-    let mut report = Vec::new();
-    for item in pgp::parse_submission(body, limits)? {
-        let cert = match item {
-            Parsed::Cert(c) => *c,
-            Parsed::Unreadable(reason) => {
-                report.push(ItemReport {
-                    fingerprint: String::new(),
-                    status: Status::Rejected,
-                    reason: Some(reason),
-                });
-                continue;
-            }
-        };
-        let fingerprint = cert.fingerprint().to_hex();
-        let fpr = cert.fingerprint().as_bytes().to_vec();
-        match pgp::clean(cert, limits, now)
-            .and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string())))
-        {
-            Ok(bytes) => clean.push((fpr, bytes)),
-            Err(e) => report.push(ItemReport {
-                fingerprint,
-                status: Status::Rejected,
-                reason: Some(e.to_string()),
-            }),
-        }
-    }
-    Ok((clean, report))
 }
 
 pub use crate::pgp::SigLine;

@@ -4,7 +4,8 @@
 //! - the openraft type config ([`types`]) and the versioned byte format of everything persisted or
 //!   sent to peers ([`codec`], [`meta`], [`wire`]);
 //! - the raft log ([`log_store`]) and the state machine ([`state_machine`], [`snapshot_builder`],
-//!   [`snapshot_files`]) over the store; apply is deterministic ([`apply`], [`command`]);
+//!   [`snapshot_files`]) over the store; apply is deterministic ([`apply`], [`command`]), and
+//!   refuses replayed admin signatures ([`replay`]);
 //! - the network adapter ([`network`]) over the [`PeerTransport`] trait that `rpc` implements;
 //! - the facade [`RaftNode`] that `node`, `api` and `rpc` use.
 //!
@@ -33,18 +34,22 @@ pub mod digest;
 pub mod error;
 pub mod forward;
 pub mod keys;
+mod keys_signed;
 pub mod log_store;
 pub mod membership;
 pub mod meta;
 pub mod network;
 pub mod raft_node;
 pub mod records;
+pub mod refusals;
 pub mod repair;
+pub mod replay;
 pub mod settings;
 pub mod snapshot_builder;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod status;
+mod submission;
 pub mod sync;
 pub mod transport;
 pub mod types;
@@ -63,6 +68,7 @@ pub use keys::{
 pub use membership::Member;
 pub use raft_node::RaftNode;
 pub use records::{Policies, Policy};
+pub use replay::SignedUse;
 pub use settings::RaftSettings;
 pub use status::NodeStatus;
 pub use transport::{NoPeers, PeerTransport, RaftRpc, TransportError};

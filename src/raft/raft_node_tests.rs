@@ -25,6 +25,7 @@ fn delete(request_id: u128, fpr: &str) -> Command {
         },
         origin: 1,
         actor: "test".into(),
+        signed: None,
     })
 }
 

@@ -225,13 +225,14 @@ pub fn put_audit(batch: &mut ApplyBatch, e: &AuditEntry) {
 const PRUNE_BATCH: usize = 64;
 
 /// Remove audit entries older than `keep` log indexes before `index` (none when `keep` is 0).
-/// Deterministic: reads committed state only, removes at most [`PRUNE_BATCH`] entries.
+/// Deterministic: reads the state as this batch sees it (so it does not matter which entries
+/// were applied in one batch), removes at most [`PRUNE_BATCH`] entries.
 pub fn prune_audit(batch: &mut ApplyBatch, index: u64, keep: u64) -> Result<(), StoreError> {
     if keep == 0 || index <= keep {
         return Ok(());
     }
     let below = index - keep + 1;
-    for (k, _) in batch.scan_committed(Table::Audit, None, PRUNE_BATCH)? {
+    for (k, _) in batch.scan(Table::Audit, None, PRUNE_BATCH)? {
         let at = k
             .get(..8)
             .and_then(|b| b.try_into().ok())

@@ -89,6 +89,9 @@ impl fmt::Display for Command {
                     write!(f, "v1 resolve {id} {choose} req={:x}", c.request_id)
                 }
                 Op::Checkpoint => write!(f, "v1 checkpoint req={:x}", c.request_id),
+                Op::AuditRefusal { action, .. } => {
+                    write!(f, "v1 audit refused {action} req={:x}", c.request_id)
+                }
             },
         }
     }

@@ -166,18 +166,23 @@ impl ClusterService for ClusterSvc {
                     j.name
                 );
                 tracing::warn!(?peer, node_id = j.node_id, "join refused: {why}");
+                let actor = format!("joiner {} (id {}) from {}", j.name, j.node_id, client(peer));
+                self.keys.note_refusal("join", &actor, &[], &why);
                 return Err(Status::permission_denied(format!("refused: {why}")));
             }
         }
         let outcome = self
             .keys
-            .join(JoinSpec {
-                id: j.node_id,
-                name: j.name,
-                raft_addr: j.raft_addr,
-                http_addr: j.http_addr,
-                secret: j.secret,
-            })
+            .join(
+                JoinSpec {
+                    id: j.node_id,
+                    name: j.name,
+                    raft_addr: j.raft_addr,
+                    http_addr: j.http_addr,
+                    secret: j.secret,
+                },
+                &client(peer),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(JoinReply {
@@ -237,6 +242,11 @@ impl ClusterSvc {
         }
         Ok(())
     }
+}
+
+/// The caller's address for the audit trail.
+fn client(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".into(), |a| a.to_string())
 }
 
 /// Serve the Raft and cluster services on `listener` until `shutdown` resolves; with `tls`,

@@ -24,6 +24,9 @@ pub struct ApplyBatch {
     meta: BTreeMap<String, Vec<u8>>,
     requests: BTreeMap<u128, u64>,
     count_delta: i64,
+    /// Whether a certificate was added or removed in this batch: the count is then written
+    /// even when the changes cancel out, so its presence does not depend on the batching.
+    count_touched: bool,
     tables: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
 }
 
@@ -37,6 +40,7 @@ impl Store {
             meta: BTreeMap::new(),
             requests: BTreeMap::new(),
             count_delta: 0,
+            count_touched: false,
             tables: BTreeMap::new(),
         }
     }
@@ -58,6 +62,7 @@ impl ApplyBatch {
         self.reindex(&record.fingerprint, old_terms, &record.terms);
         if old.is_none() {
             self.count_delta += 1;
+            self.count_touched = true;
         }
         let cf = self.store.cf(CF_CERTS);
         self.batch.put_cf(cf, &record.fingerprint, record.encode());
@@ -79,6 +84,7 @@ impl ApplyBatch {
         };
         self.reindex(fingerprint, &old.terms, &[]);
         self.count_delta -= 1;
+        self.count_touched = true;
         self.batch.delete_cf(self.store.cf(CF_CERTS), fingerprint);
         self.batch
             .delete_cf(self.store.cf(CF_RENDERED), fingerprint);
@@ -171,6 +177,19 @@ impl ApplyBatch {
         self.tables.get(&(table, key.to_vec())).cloned()
     }
 
+    /// This batch's pending writes to `table` with keys from `from` upwards, in key order
+    /// (`None`: deleted here).
+    pub(super) fn pending_range<'a>(
+        &'a self,
+        table: Table,
+        from: &[u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
+        self.tables
+            .range((table, from.to_vec())..)
+            .take_while(move |((t, _), _)| *t == table)
+            .map(|((_, k), v)| (k, v))
+    }
+
     /// The store under this batch.
     pub(super) fn store(&self) -> &Store {
         &self.store
@@ -191,7 +210,7 @@ impl ApplyBatch {
 
     /// Write everything in one `WriteBatch`.
     pub fn commit(mut self) -> Result<(), StoreError> {
-        if self.count_delta != 0 {
+        if self.count_touched {
             let now = self.store.cert_count()? as i64 + self.count_delta;
             self.meta
                 .insert(COUNT_KEY.into(), (now.max(0) as u64).to_be_bytes().to_vec());

@@ -26,7 +26,7 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// Column families holding state-machine data (replaced wholesale by a snapshot install).
-pub(crate) const SM_CFS: [&str; 12] = [
+pub(crate) const SM_CFS: [&str; 13] = [
     CF_CERTS,
     CF_RENDERED,
     "idx_fpr",
@@ -39,6 +39,7 @@ pub(crate) const SM_CFS: [&str; 12] = [
     "tombstones",
     "conflicts",
     "audit",
+    "used_signatures",
 ];
 
 /// Handle to the node's RocksDB database. Cheap to clone.
@@ -90,10 +91,17 @@ impl Store {
     }
 
     /// Open an existing database read-only (for `keyraft export` next to a running node).
+    /// Column families a newer build added and an older database lacks are not opened.
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
-        let mut names: Vec<&str> = SM_CFS.to_vec();
-        names.extend([CF_RAFT_LOG, CF_RAFT_META]);
-        let db = DB::open_cf_for_read_only(&Options::default(), dir.join("db"), names, false)?;
+        let path = dir.join("db");
+        let existing = DB::list_cf(&Options::default(), &path)?;
+        let names: Vec<&str> = SM_CFS
+            .iter()
+            .chain(&[CF_RAFT_LOG, CF_RAFT_META])
+            .copied()
+            .filter(|n| existing.iter().any(|e| e == n))
+            .collect();
+        let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)?;
         Ok(Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),

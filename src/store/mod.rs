@@ -20,6 +20,7 @@
 //! | `tombstones` | primary fingerprint | tombstone of a deleted certificate (raft-encoded) |
 //! | `conflicts` | conflict id (u64, big-endian) | conflict record (raft-encoded) |
 //! | `audit` | log index ++ sequence (u16) | audit entry (raft-encoded) |
+//! | `used_signatures` | `h` ++ id, `e` ++ expiry ++ id | used admin signatures (raft-encoded) |
 //!
 //! # Common operations
 //! [`Store::open`] once per process; [`Store::begin_apply`] → [`ApplyBatch::put_cert`] →

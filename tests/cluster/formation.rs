@@ -1,6 +1,6 @@
 //! Formation by join (HKP addresses), follower writes forwarded with read-your-writes, kill -9
-//! of the leader, catch-up after restart, refusal of a wrong cluster secret; five voters and a
-//! sixth node that stays a learner.
+//! of the leader, catch-up after restart, refusal of a wrong cluster secret (audited in the
+//! replicated audit trail); five voters and a sixth node that stays a learner.
 use std::time::Duration;
 
 use crate::harness::*;
@@ -88,6 +88,34 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
         "n4 was not admitted: {v}"
     );
     assert!(v["node"]["learners"].as_array().unwrap().is_empty(), "{v}");
+
+    tracing_phase("the refusal is in the replicated audit trail, read on the leader");
+    let members = [&n1, &n2, &n3];
+    let leader = members[leader_of(&members)];
+    let entry = poll(Duration::from_secs(30), || {
+        let a = leader.json("/cluster/audit?action=join")?;
+        a["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| {
+                e["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o == "refused: wrong cluster secret")
+            })
+            .cloned()
+    });
+    let entry = entry.unwrap_or_else(|| {
+        panic!(
+            "no refused join in {}'s audit: {:?}",
+            leader.name,
+            leader.json("/cluster/audit")
+        )
+    });
+    let actor = entry["actor"].as_str().unwrap();
+    assert!(
+        actor.starts_with("joiner n4 (id ") && actor.contains(" from 127.0.0.1:"),
+        "{entry}"
+    );
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Administrator writes against a real node process: Hockeypuck-style `/pks/delete` signed
 //! with the real gpg by a key in the admin keyring (and refused when signed by anyone else),
 //! the JSON admin API with `If-Match` against the `ETag` of `op=get`, conflict policies
-//! changed through the API, and the audit trail telling the story.
-use std::time::Duration;
+//! changed through the API, and the audit trail telling the story. A signed request is used
+//! once: its replay is 409, a signature made outside the window is 403, and both refusals are
+//! audited.
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyraft::client::{request, Response};
 
@@ -53,12 +55,19 @@ fn put(n: &TestNode, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Res
 
 /// A detached armored signature by `signer` over `text`.
 fn sign(gpg: &Gpg, signer: &str, text: &[u8]) -> Vec<u8> {
+    sign_with(gpg, signer, text, &[])
+}
+
+/// The same with extra gpg options first (e.g. `--faked-system-time`).
+fn sign_with(gpg: &Gpg, signer: &str, text: &[u8], extra: &[&str]) -> Vec<u8> {
     let path = gpg.path().join("keytext");
     std::fs::write(&path, text).unwrap();
     let sig = gpg.path().join("keytext.asc");
     let _ = std::fs::remove_file(&sig);
-    let out = gpg.run(
-        &[
+    let args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain([
             "--batch",
             "--yes",
             "--pinentry-mode",
@@ -72,15 +81,38 @@ fn sign(gpg: &Gpg, signer: &str, text: &[u8]) -> Vec<u8> {
             "--output",
             sig.to_str().unwrap(),
             path.to_str().unwrap(),
-        ],
-        None,
-    );
+        ])
+        .collect();
+    let out = gpg.run(&args, None);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(sig).unwrap()
+}
+
+/// Wait (bounded: 20 s) for an audit entry of `action` whose outcome starts with `prefix`
+/// (refusals are audited in the background).
+fn wait_audit(n: &TestNode, action: &str, prefix: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = n.get(&format!("/cluster/audit?action={action}")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let hit = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["outcome"].as_str().is_some_and(|o| o.starts_with(prefix)));
+        if let Some(e) = hit {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {action} entry starting with {prefix:?}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -90,10 +122,41 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     let (admin, _) = gpg.gen_key("Keyserver Admin <admin@example.org>");
     let (bob, _) = gpg.gen_key("Bob <bob@example.org>");
     let (mallory, _) = gpg.gen_key("Mallory <mallory@example.org>");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old_admin = {
+        let made = (now - 3 * 3600).to_string();
+        let uid = "Old Admin <old-admin@example.org>";
+        let out = gpg.run(
+            &[
+                "--faked-system-time",
+                &made,
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                uid,
+                "ed25519",
+                "sign",
+                "never",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        gpg.fingerprints(uid)[0].clone()
+    };
     let export = |who: &str| gpg.run(&["--armor", "--export", who], None).stdout;
     let conf_dir = tempfile::tempdir().unwrap();
     let keyring = conf_dir.path().join("admins.asc");
-    std::fs::write(&keyring, export(&admin)).unwrap();
+    std::fs::write(&keyring, [export(&admin), export(&old_admin)].concat()).unwrap();
     let token = conf_dir.path().join("token");
     std::fs::write(&token, "admin-t0ken\n").unwrap();
     let config = conf_dir.path().join("hkp.toml");
@@ -157,6 +220,31 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(get(&bob).status, 200);
 
+    eprintln!("--- signed by an admin key two hours ago: 403, outside the window; audited");
+    let two_hours_ago = (now - 2 * 3600).to_string();
+    let old_sig = sign_with(
+        &gpg,
+        &old_admin,
+        &keytext,
+        &["--faked-system-time", &two_hours_ago],
+    );
+    let r = post(
+        &node,
+        "/pks/delete",
+        &ct,
+        &form(&[("keytext", &keytext), ("keysig", &old_sig)]),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("more than the 3600 s allowed"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(&bob).status, 200);
+    let e = wait_audit(&node, "delete", "refused: signature made at");
+    assert_eq!(e["actor"], format!("admin-key {old_admin}"));
+    assert_eq!(e["fingerprint"], bob.as_str());
+
     eprintln!("--- signed by the admin key: deleted");
     let sig = sign(&gpg, &admin, &keytext);
     let r = post(
@@ -167,6 +255,18 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&bob).status, 404);
+
+    eprintln!("--- the same signed request again: 409, signature already used; audited");
+    let r = post(
+        &node,
+        "/pks/delete",
+        &ct,
+        &form(&[("keytext", &keytext), ("keysig", &sig)]),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.text().trim(), "signature already used");
+    let e = wait_audit(&node, "delete", "refused: signature already used");
+    assert_eq!(e["actor"], format!("admin-key {admin}"));
 
     eprintln!("--- JSON admin delete: a stale If-Match is 412, the current ETag deletes");
     let auth = [
@@ -258,13 +358,17 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
             )
         })
         .collect();
+    let window = story[3].1.clone();
+    assert!(window.starts_with("refused: signature made at"), "{window}");
     assert_eq!(
         story,
         vec![
             ("add".to_string(), "new".to_string()),
             ("add".into(), "new".into()),
             ("add".into(), "updated".into()),
+            ("delete".into(), window),
             ("delete".into(), "deleted".into()),
+            ("delete".into(), "refused: signature already used".into()),
             (
                 "delete".into(),
                 format!("If-Match failed (current {})", mallory_tag)
@@ -272,14 +376,14 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
             ("delete".into(), "deleted".into()),
             (
                 "policies".into(),
-                lines[6]["outcome"].as_str().unwrap().to_string()
+                lines[8]["outcome"].as_str().unwrap().to_string()
             ),
         ],
         "{lines:?}"
     );
-    assert_eq!(lines[3]["actor"], format!("admin-key {admin}"));
-    assert_eq!(lines[5]["actor"], "admin-token");
-    assert!(lines[6]["outcome"]
+    assert_eq!(lines[4]["actor"], format!("admin-key {admin}"));
+    assert_eq!(lines[7]["actor"], "admin-token");
+    assert!(lines[8]["outcome"]
         .as_str()
         .unwrap()
         .contains("add: Manual"));

@@ -1,0 +1,165 @@
+//! Writes on the proposing node, before and after the Raft log: parsing and cleaning a
+//! submission ([`prepare`]), the per-item report a write answers ([`ItemReport`], built from
+//! apply's outcomes by [`item_report`]) and why a write fails as a whole ([`SubmitError`]).
+//!
+//! Part of the raft facade; must not depend on the api or rpc layers.
+use std::time::SystemTime;
+
+use sequoia_openpgp::serialize::MarshalInto;
+
+use super::command::ApplyOutcome;
+use super::RaftError;
+use crate::pgp::{self, Limits, Parsed, PgpError};
+
+/// The result of one submitted item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    New,
+    Updated,
+    Unchanged,
+    Rejected,
+    /// The write raced another update and waits for an operator (`/cluster/conflicts`).
+    Conflict,
+    /// The reject policy refused the write as stale (HTTP 409).
+    Stale,
+    /// `If-Match` did not match the stored version (HTTP 412).
+    PreconditionFailed,
+}
+
+/// One line of a submission report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemReport {
+    pub fingerprint: String,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a submission failed as a whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The input was refused before proposing (secret keys, nothing parsable, nothing valid).
+    #[error("{0}")]
+    Refused(PgpError),
+    /// Every certificate was rejected; the reasons, one per item.
+    #[error("no valid certificate: {}", .0.iter().map(|i| i.reason.clone().unwrap_or_default()).collect::<Vec<_>>().join("; "))]
+    NothingValid(Vec<ItemReport>),
+    /// A signed admin request's signature was used before (a replay).
+    #[error("{}", super::replay::ALREADY_USED)]
+    SignatureUsed,
+    /// A signed admin request's signature was made too long before (or after) the request.
+    #[error("{0}")]
+    SignatureTime(String),
+    /// The write could not be committed.
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
+pub(super) fn item_report(o: ApplyOutcome) -> ItemReport {
+    let (fingerprint, status, reason) = match o {
+        ApplyOutcome::New { fingerprint } => (fingerprint, Status::New, None),
+        ApplyOutcome::Updated { fingerprint }
+        | ApplyOutcome::Deleted { fingerprint }
+        | ApplyOutcome::Replaced { fingerprint } => (fingerprint, Status::Updated, None),
+        ApplyOutcome::Conflict {
+            fingerprint,
+            id,
+            policy,
+            status,
+        } => {
+            let reason =
+                format!("raced a concurrent update: conflict {id}, {status} (policy {policy:?})");
+            let s = if status == "open" {
+                Status::Conflict
+            } else {
+                Status::Updated
+            };
+            (fingerprint, s, Some(reason))
+        }
+        ApplyOutcome::Stale {
+            fingerprint,
+            current,
+        } => (
+            fingerprint,
+            Status::Stale,
+            Some(format!(
+                "the certificate changed concurrently; current version {current}"
+            )),
+        ),
+        ApplyOutcome::PreconditionFailed {
+            fingerprint,
+            current,
+        } => (
+            fingerprint,
+            Status::PreconditionFailed,
+            Some(format!(
+                "If-Match does not match the current version {current}"
+            )),
+        ),
+        ApplyOutcome::PoliciesSet
+        | ApplyOutcome::Resolved { .. }
+        | ApplyOutcome::Noted
+        | ApplyOutcome::Checkpointed => (String::new(), Status::Updated, None),
+        ApplyOutcome::SignatureRefused { reason, .. } => {
+            (String::new(), Status::Rejected, Some(reason))
+        }
+        ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {
+            (fingerprint, Status::Unchanged, None)
+        }
+        ApplyOutcome::Rejected {
+            fingerprint,
+            reason,
+        } => (fingerprint, Status::Rejected, Some(reason)),
+        ApplyOutcome::Duplicate => (
+            String::new(),
+            Status::Unchanged,
+            Some("duplicate request".into()),
+        ),
+    };
+    ItemReport {
+        fingerprint,
+        status,
+        reason,
+    }
+}
+
+/// Parse and clean a submission (CPU-bound; runs on a blocking thread).
+/// Cleaned certificates as (primary fingerprint bytes, canonical binary).
+type Cleaned = Vec<(Vec<u8>, Vec<u8>)>;
+
+pub(super) fn prepare(
+    body: &[u8],
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<(Cleaned, Vec<ItemReport>), PgpError> {
+    let mut clean = Vec::new();
+    let mut report = Vec::new();
+    for item in pgp::parse_submission(body, limits)? {
+        let cert = match item {
+            Parsed::Cert(c) => *c,
+            Parsed::Unreadable(reason) => {
+                report.push(ItemReport {
+                    fingerprint: String::new(),
+                    status: Status::Rejected,
+                    reason: Some(reason),
+                });
+                continue;
+            }
+        };
+        let fingerprint = cert.fingerprint().to_hex();
+        let fpr = cert.fingerprint().as_bytes().to_vec();
+        match pgp::clean(cert, limits, now)
+            .and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string())))
+        {
+            Ok(bytes) => clean.push((fpr, bytes)),
+            Err(e) => report.push(ItemReport {
+                fingerprint,
+                status: Status::Rejected,
+                reason: Some(e.to_string()),
+            }),
+        }
+    }
+    Ok((clean, report))
+}
