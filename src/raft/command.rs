@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::Policies;
 pub use super::records::Policy;
+use super::routing::Routing;
 use crate::store::VersionVector;
 
 /// A replicated state-machine command. New versions are added as new variants; old ones stay
@@ -77,6 +78,9 @@ pub enum Op {
         choose: String,
         note: String,
     },
+    /// Replace the routing settings (read consistency, learners, weights) from this log
+    /// index on. Added after `Resolve`; a node older than this variant cannot apply it.
+    SetRouting { routing: Routing },
 }
 
 /// What applying one command produced, in the order of the command's items.
@@ -126,6 +130,8 @@ pub enum ApplyOutcome {
     PoliciesSet,
     /// A conflict was resolved.
     Resolved { id: u64, fingerprint: String },
+    /// The routing settings changed.
+    RoutingSet,
 }
 
 mod serde_bytes_vec {

@@ -156,8 +156,18 @@ impl Keyserver {
 
     /// Commit `cmd`: here when this node leads, else through the leader. Answers once the
     /// entry is applied on this node too, so the caller reads its own write here. A leader
-    /// change mid-way is retried with the same request id (apply skips duplicates).
+    /// change mid-way is retried with the same request id (apply skips duplicates). The time
+    /// a successful commit took goes into the node's `commit` histogram.
     async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+        let started = std::time::Instant::now();
+        let r = self.commit_and_apply(cmd).await;
+        if r.is_ok() {
+            self.raft.metrics().commit.record(started.elapsed());
+        }
+        r
+    }
+
+    async fn commit_and_apply(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
         use std::time::Duration;
         // While no leader is known (an election, a partition) the write waits for one, so a
         // follower cut off for a moment forwards its queued writes once healed. The API's write
@@ -483,7 +493,7 @@ fn item_report(o: ApplyOutcome) -> ItemReport {
                 "If-Match does not match the current version {current}"
             )),
         ),
-        ApplyOutcome::PoliciesSet | ApplyOutcome::Resolved { .. } => {
+        ApplyOutcome::PoliciesSet | ApplyOutcome::RoutingSet | ApplyOutcome::Resolved { .. } => {
             (String::new(), Status::Updated, None)
         }
         ApplyOutcome::Unchanged { fingerprint } | ApplyOutcome::NotFound { fingerprint } => {

@@ -38,6 +38,7 @@ pub mod meta;
 pub mod network;
 pub mod raft_node;
 pub mod records;
+pub mod routing;
 pub mod settings;
 pub mod snapshot_builder;
 pub mod snapshot_files;
@@ -60,6 +61,7 @@ pub use keys::{
 pub use membership::Member;
 pub use raft_node::RaftNode;
 pub use records::{Policies, Policy};
+pub use routing::{Consistency, Routing};
 pub use settings::RaftSettings;
 pub use status::NodeStatus;
 pub use transport::{NoPeers, PeerTransport, RaftRpc, TransportError};

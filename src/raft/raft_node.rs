@@ -16,6 +16,7 @@ use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::metrics::NodeMetrics;
 use crate::raft::codec;
 use crate::raft::command::{Command, Response};
 use crate::raft::error::RaftError;
@@ -45,6 +46,8 @@ struct Inner {
     store: Store,
     state_machine: StateMachine,
     request_timeout: Duration,
+    /// This node's latency histograms and load figures (never replicated).
+    metrics: Arc<NodeMetrics>,
     /// Serialises `initialize_if_fresh` so two callers cannot both initialise.
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -73,7 +76,10 @@ impl RaftNode {
         transport: T,
     ) -> Result<RaftNode, RaftError> {
         let config = cfg.to_openraft()?;
-        let state_machine = StateMachine::open(store.clone()).map_err(storage)?;
+        let metrics = NodeMetrics::start();
+        let state_machine = StateMachine::open(store.clone())
+            .map_err(storage)?
+            .with_metrics(metrics.clone());
         let network = NetworkFactory::new(node_id, Arc::new(transport));
         let raft = OpenRaft::new(
             node_id,
@@ -92,6 +98,7 @@ impl RaftNode {
                 store,
                 state_machine,
                 request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                metrics,
                 init_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -110,6 +117,12 @@ impl RaftNode {
     /// The bound for facade calls that wait on the cluster.
     pub(super) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
+    }
+
+    /// This node's metrics: commit and apply latencies recorded here, lookups and HTTP load
+    /// recorded by the API. Node-local, never replicated.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.inner.metrics
     }
 
     /// This node's own membership record.

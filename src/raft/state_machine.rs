@@ -10,15 +10,20 @@
 //! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory, then
 //! replaces the store's state atomically with `Store::snapshot_install`, then makes it current.
 //!
+//! Each batch and each entry in it is timed into [`NodeMetrics`] (`apply_batch`,
+//! `apply_entry`). The timings are node-local and never part of what apply writes.
+//!
 //! Knows the store and openraft; must not depend on the log store, the network or the API.
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use crate::metrics::NodeMetrics;
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
 use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
@@ -35,6 +40,7 @@ use crate::store::Store;
 pub struct StateMachine {
     store: Store,
     files: Arc<SnapshotFiles>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl StateMachine {
@@ -44,7 +50,14 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             files: Arc::new(files),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Record apply timings into `metrics` (by default, into metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> StateMachine {
+        self.metrics = metrics;
+        self
     }
 
     /// A fresh temp path in the snapshot directory (for spooling an incoming snapshot).
@@ -58,8 +71,14 @@ impl StateMachine {
     }
 }
 
-/// Apply `entries` in one batch; returns one response per entry, in order.
-fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
+/// Apply `entries` in one batch; returns one response per entry, in order. Normal entries
+/// and the whole batch are timed into `metrics` (never read back by apply).
+fn apply_batch(
+    store: &Store,
+    entries: &[Entry],
+    metrics: &NodeMetrics,
+) -> io::Result<Vec<Response>> {
+    let started = Instant::now();
     let mut batch = store.begin_apply();
     let mut responses = Vec::with_capacity(entries.len());
     let mut membership = None;
@@ -67,7 +86,11 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::default(),
             EntryPayload::Normal(cmd) => {
-                apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?
+                let t = Instant::now();
+                let r =
+                    apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?;
+                metrics.apply_entry.record(t.elapsed());
+                r
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -84,6 +107,7 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
         meta::sm_set::<LastAppliedKey>(&mut batch, &last.log_id)?;
     }
     batch.commit().map_err(io::Error::other)?;
+    metrics.apply_batch.record(started.elapsed());
     Ok(responses)
 }
 
@@ -173,8 +197,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let store = self.store.clone();
-        let responses = tokio::task::spawn_blocking(move || apply_batch(&store, &batch))
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        let responses = tokio::task::spawn_blocking(move || apply_batch(&store, &batch, &metrics))
             .await
             .map_err(io::Error::other)??;
         for (responder, response) in responders.into_iter().zip(responses) {

@@ -7,6 +7,7 @@ mod conflicts;
 mod formation;
 mod membership;
 mod partition;
+mod routing;
 mod snapshot;
 mod ten;
 mod tls;
