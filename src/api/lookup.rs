@@ -51,7 +51,7 @@ async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError
         })?;
     }
     if consistency == Consistency::Linearizable {
-        raft.ensure_linearizable().await?;
+        state.keys.ensure_linearizable().await?;
     }
     let mut resp = answer(state, q)?;
     resp.headers_mut().insert(

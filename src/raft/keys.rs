@@ -218,6 +218,11 @@ impl Keyserver {
         &self.store
     }
 
+    /// How this node reaches the leader, if it can (for the raft layer's own modules).
+    pub(super) fn forwarder(&self) -> Option<&dyn LeaderForwarder> {
+        self.forwarder.as_deref()
+    }
+
     /// The ETag of the version this replica holds for `fpr`.
     pub fn etag_of(&self, fpr: &[u8]) -> Result<String, RaftError> {
         Ok(self.version_of(fpr)?.etag())

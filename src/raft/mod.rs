@@ -19,6 +19,7 @@
 //! node.initialize_if_fresh().await?;          // bootstrap node only; no-op on restart
 //! let (response, index) = node.write(cmd).await?; // committed + applied here
 //! node.ensure_linearizable().await?;          // then read node.local_store()
+//! keys.ensure_linearizable().await?;          // the same on any member (followers ask the leader)
 //! let status = node.status();
 //! node.shutdown().await;
 //! ```
@@ -32,6 +33,7 @@ pub mod digest;
 pub mod error;
 pub mod forward;
 pub mod keys;
+pub mod linearizable;
 pub mod log_store;
 pub mod membership;
 pub mod meta;

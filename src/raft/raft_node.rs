@@ -193,8 +193,26 @@ impl RaftNode {
         Ok((resp.data, resp.log_id.index))
     }
 
+    /// On the leader: confirm leadership with a quorum (ReadIndex) and return the log index a
+    /// replica must have applied before a read is linearizable (for a follower's read; the
+    /// leader does not wait for its own apply here).
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let fut = self.inner.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        let linearizer = tokio::time::timeout(self.inner.request_timeout, fut)
+            .await
+            .map_err(|_| {
+                RaftError::Timeout(format!(
+                    "leadership not confirmed within {:?}",
+                    self.inner.request_timeout
+                ))
+            })??;
+        Ok(linearizer.read_log_id().index())
+    }
+
     /// Wait until a read of the local replica is linearizable: this node is the leader, has
     /// confirmed that with a quorum, and has applied everything committed before the call.
+    /// On a follower this fails with [`RaftError::NotLeader`]; [`crate::raft::Keyserver`]'s
+    /// `ensure_linearizable` asks the leader for the read index instead.
     pub async fn ensure_linearizable(&self) -> Result<(), RaftError> {
         let fut = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         tokio::time::timeout(self.inner.request_timeout, fut)

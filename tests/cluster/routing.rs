@@ -1,8 +1,9 @@
 //! Routing settings and observability across real nodes: a change made through a learner is
 //! forwarded, replicated and visible on every node; the learner then answers `/ready` 503 but
 //! still serves lookups; a weight reaches `/ready`, weight 0 drains a voter; `/cluster/load`
-//! with `scope=cluster` gathers every member; a node that joins after the log was compacted
-//! gets the settings from the snapshot.
+//! with `scope=cluster` gathers every member; linearizable reads by default work on a follower
+//! and a learner (they ask the leader for a read index) and see a write acknowledged just
+//! before; a node that joins after the log was compacted gets the settings from the snapshot.
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -67,8 +68,7 @@ fn routing_replicates_drains_learners_and_reaches_a_node_by_snapshot() {
     assert!(bad.text().contains("0 to 256"), "{}", bad.text());
     let ok = put_routing(r3, change, Some(TOKEN));
     assert_eq!(ok.status, 200, "{}", ok.text());
-    let routing_index = log_index(&ok);
-    let want = json!({
+    let mut want = json!({
         "default_consistency": "local",
         "learners_serve_reads": false,
         "weights": {"r1": 50, "r2": 0},
@@ -120,6 +120,32 @@ fn routing_replicates_drains_learners_and_reaches_a_node_by_snapshot() {
         p["histograms"]["lookup"]["count"].as_u64().unwrap() >= 1,
         "{p}"
     );
+
+    tracing_phase("linearizable by default: followers and learners ask the leader");
+    let ok = put_routing(
+        r2,
+        json!({"default_consistency": "linearizable"}),
+        Some(TOKEN),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let routing_index = log_index(&ok);
+    want["default_consistency"] = json!("linearizable");
+    for m in [r1, r2, r3] {
+        assert!(routing_becomes(m, &want), "{} routing", m.name);
+    }
+    for (i, (fpr, cert)) in certs[1..4].iter().enumerate() {
+        // Acknowledged by the leader, then read at once on a follower and on the learner,
+        // without min_index: a linearizable read must see it.
+        let r = r1.post(cert);
+        assert_eq!(r.status, 200, "{}", r.text());
+        for m in [r2, r3] {
+            let r = m
+                .get(&format!("/pks/lookup?op=get&search=0x{fpr}"))
+                .unwrap();
+            assert_eq!(r.status, 200, "write {i} read on {}: {}", m.name, r.text());
+            assert_eq!(r.header("x-keyraft-consistency"), Some("linearizable"));
+        }
+    }
 
     tracing_phase("enough writes to snapshot and compact past the routing entry");
     // openraft purges the log in batches of 256 entries: write until the leader has purged
