@@ -65,7 +65,14 @@ pub async fn load(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             if m.id == me {
                 return member_entry(m, Ok(here));
             }
-            member_entry(m, fetch_load(m.node.http_addr.clone()).await)
+            let answer = fetch_load(m.node.http_addr.clone()).await.and_then(|v| {
+                // A wildcard or stale address may reach another node (or this one).
+                match v["id"].as_u64() {
+                    Some(id) if id == m.id => Ok(v),
+                    other => Err(format!("answered by node {other:?}, not {}", m.id)),
+                }
+            });
+            member_entry(m, answer)
         }
     }))
     .await;
