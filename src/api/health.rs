@@ -1,5 +1,15 @@
-//! `GET /health` (the process is alive) and `GET /ready` (Raft has a leader, this node's state
-//! is applied, and, on a leader, a quorum acknowledged it recently: reads are meaningful).
+//! `GET /health` (liveness: the process answers) and `GET /ready` (readiness for client reads,
+//! what load balancers check).
+//!
+//! `/ready` answers 200 only when this node should get client traffic:
+//! - Raft has a leader and this node has applied what it knows committed;
+//! - on a leader, a quorum acknowledged it recently;
+//! - it is not a learner while the routing settings say `learners_serve_reads: false`;
+//! - its routing weight is not 0 (an operator drained it).
+//!
+//! A 200 carries the node's routing weight (0..=256) in `X-Keyraft-Weight` and in the body
+//! (`ready weight=N`), for balancers that can weigh servers. A 503 names the reason in one line.
+//! Being drained or a learner changes only `/ready`: lookups sent to the node are still answered.
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
@@ -13,20 +23,34 @@ pub async fn health() -> HttpResponse {
 /// Readiness for load balancers.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let raft = state.keys.raft();
-    if raft.status().leader_cut_off() {
+    let status = raft.status();
+    if status.leader_cut_off() {
         return Err(ApiError::Unavailable(
             "not ready: this leader has no recent quorum acknowledgement".into(),
         ));
     }
-    if raft.has_leader_and_applied() {
-        Ok(HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("ready\n"))
-    } else {
-        Err(ApiError::Unavailable(
+    if !raft.has_leader_and_applied() {
+        return Err(ApiError::Unavailable(
             "not ready: no leader known or state not yet applied".into(),
-        ))
+        ));
     }
+    let routing = state.keys.routing()?;
+    if status.learners.contains(&raft.id()) && !routing.learners_serve_reads {
+        return Err(ApiError::Unavailable(
+            "not ready: this node is a learner and routing.learners_serve_reads is false".into(),
+        ));
+    }
+    let weight = routing.weight_of(&raft.me().name);
+    if weight == 0 {
+        return Err(ApiError::Unavailable(format!(
+            "not ready: drained (routing weight of {:?} is 0)",
+            raft.me().name
+        )));
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header(("X-Keyraft-Weight", weight.to_string()))
+        .content_type("text/plain")
+        .body(format!("ready weight={weight}\n")))
 }
 
 /// Anything else.

@@ -1,12 +1,22 @@
 //! `GET /pks/lookup`: get, index, vindex, stats.
-use std::time::{SystemTime, UNIX_EPOCH};
+//!
+//! A lookup without `consistency=` gets the cluster's routing `default_consistency`; every
+//! successful answer says which one it got in `X-Keyraft-Consistency`. The time of each
+//! `get`, `index` and `vindex` (from the parsed query to the answer, whatever the status) goes
+//! into the node's `lookup` histogram (`/cluster/performance`).
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
 use super::format;
-use super::query::{parse_lookup, LookupOp};
+use super::query::{parse_lookup, LookupOp, LookupQuery};
 use super::AppState;
+use crate::raft::Consistency;
+
+/// The header naming the consistency a lookup was served with.
+const CONSISTENCY_HEADER: &str = "x-keyraft-consistency";
 
 /// Handle one lookup. Reads are local RocksDB point lookups and short prefix scans bounded
 /// by the result limit, so they run inline: no thread hop on the hot path.
@@ -15,7 +25,24 @@ pub async fn lookup(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let q = parse_lookup(req.query_string())?;
+    let timed = q.op != LookupOp::Stats;
+    let started = Instant::now();
+    let r = read(&state, q).await;
+    if timed {
+        state.keys.raft().metrics().lookup.record(started.elapsed());
+    }
+    r
+}
+
+/// Wait for what the query asks (`min_index`, linearizability), then answer it.
+async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
     let raft = state.keys.raft();
+    let consistency = match (q.consistency, &q.op) {
+        (Some(c), _) => c,
+        // Statistics are not a key lookup: local unless asked.
+        (None, LookupOp::Stats) => Consistency::Local,
+        (None, _) => state.keys.routing()?.default_consistency,
+    };
     if let Some(index) = q.min_index {
         raft.wait_applied(index, MAX_READ_WAIT).await.map_err(|_| {
             ApiError::Unavailable(format!(
@@ -23,10 +50,15 @@ pub async fn lookup(
             ))
         })?;
     }
-    if q.linearizable {
-        raft.ensure_linearizable().await?;
+    if consistency == Consistency::Linearizable {
+        state.keys.ensure_linearizable().await?;
     }
-    answer(&state, q)
+    let mut resp = answer(state, q)?;
+    resp.headers_mut().insert(
+        HeaderName::from_static(CONSISTENCY_HEADER),
+        HeaderValue::from_static(consistency.as_str()),
+    );
+    Ok(resp)
 }
 
 /// Longest a read waits for `min_index`.
@@ -39,7 +71,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn answer(state: &AppState, q: super::query::LookupQuery) -> Result<HttpResponse, ApiError> {
+fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
     if q.op == LookupOp::Stats {
         return stats(state, q.mr);
     }

@@ -3,7 +3,9 @@
 //!
 //! Reads and writes go through [`crate::raft::Keyserver`]; this layer never touches the store
 //! and never imports `rpc`. [`app`] is the one app factory, used by the server and by the
-//! in-process tests. Status codes come from one place, [`error::ApiError`].
+//! in-process tests; it wraps every request in a middleware that counts it and keeps it in the
+//! in-flight gauge until its response is ready ([`crate::metrics::Load`]). Status codes come
+//! from one place, [`error::ApiError`].
 pub mod add;
 pub mod admin;
 pub mod cluster;
@@ -13,10 +15,12 @@ pub mod error;
 pub mod format;
 pub mod health;
 pub mod lookup;
+pub mod observe;
 pub mod proxy;
 pub mod query;
 pub mod rawtarget;
 pub mod repair;
+pub mod routing;
 pub mod server;
 pub mod sync;
 
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App};
 
 use crate::pgp::Limits;
@@ -88,8 +92,21 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let load = state.keys.raft().metrics().load.clone();
     App::new()
         .app_data(web::Data::new(state))
+        .wrap_fn(move |req, srv| {
+            let guard = load.begin();
+            let response = srv.call(req);
+            async move {
+                let r = response.await;
+                guard.finish(match &r {
+                    Ok(r) => r.status().as_u16(),
+                    Err(e) => e.as_response_error().status_code().as_u16(),
+                });
+                r
+            }
+        })
         .service(
             web::resource("/pks/lookup")
                 .route(web::get().to(lookup::lookup))
@@ -122,6 +139,10 @@ pub fn app(
         .route("/cluster/sync", web::post().to(sync::sync))
         .route("/cluster/sync/status", web::get().to(sync::status))
         .route("/cluster/repair", web::post().to(repair::repair))
+        .route("/cluster/load", web::get().to(observe::load))
+        .route("/cluster/performance", web::get().to(observe::performance))
+        .route("/cluster/routing", web::get().to(routing::get))
+        .route("/cluster/routing", web::put().to(routing::put))
         .route("/cluster/join", web::post().to(cluster_admin::join))
         .route("/cluster/leave", web::post().to(cluster_admin::leave))
         .route("/cluster/admin/delete", web::post().to(admin::delete))

@@ -4,7 +4,7 @@
 //!
 //! Rules: pairs split on `&`, each on its first `=` (sq does not escape `=`); `%XX` decoded;
 //! `+` is a literal plus (gpg sends `jane+x@example.org` raw; word search splits on it anyway).
-use crate::raft::{search_email, search_words, Search};
+use crate::raft::{search_email, search_words, Consistency, Search};
 
 use super::error::ApiError;
 
@@ -31,8 +31,9 @@ pub struct LookupQuery {
     pub exact: bool,
     /// `fingerprint=on` (always honoured: full fingerprints are listed).
     pub fingerprint: bool,
-    /// `consistency=linearizable`: confirm with the leader (ReadIndex) before reading locally.
-    pub linearizable: bool,
+    /// `consistency=local|linearizable`; `None` when not given: the cluster's routing
+    /// `default_consistency` applies. Linearizable confirms with the leader (ReadIndex) first.
+    pub consistency: Option<Consistency>,
     /// `min_index=N`: wait (bounded) until this node has applied log index N, e.g. the index a
     /// write returned in `X-Keyraft-Log-Index`.
     pub min_index: Option<u64>,
@@ -81,7 +82,7 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
     let mut op = None;
     let mut search = None;
     let (mut mr, mut exact, mut fingerprint) = (false, false, false);
-    let (mut linearizable, mut min_index) = (false, None);
+    let (mut consistency, mut min_index) = (None, None);
     for (k, v) in pairs(raw) {
         match k.as_str() {
             "op" => op = Some(String::from_utf8_lossy(&v).to_ascii_lowercase()),
@@ -94,9 +95,9 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
             "exact" => exact = is_on(&v),
             "fingerprint" => fingerprint = is_on(&v),
             "consistency" => {
-                linearizable = match v.as_slice() {
-                    b"linearizable" => true,
-                    b"local" => false,
+                consistency = match v.as_slice() {
+                    b"linearizable" => Some(Consistency::Linearizable),
+                    b"local" => Some(Consistency::Local),
                     _ => {
                         return Err(ApiError::BadRequest(
                             "consistency is \"local\" or \"linearizable\"".into(),
@@ -132,7 +133,7 @@ pub fn parse_lookup(raw: &str) -> Result<LookupQuery, ApiError> {
         mr,
         exact,
         fingerprint,
-        linearizable,
+        consistency,
         min_index,
     })
 }
@@ -266,12 +267,20 @@ mod tests {
     fn read_consistency_options() {
         let q =
             parse_lookup("op=get&search=0xDEADBEEF&consistency=linearizable&min_index=42").unwrap();
-        assert!(q.linearizable);
+        assert_eq!(q.consistency, Some(Consistency::Linearizable));
         assert_eq!(q.min_index, Some(42));
-        assert!(
-            !parse_lookup("op=get&search=0xDEADBEEF")
+        assert_eq!(
+            parse_lookup("op=get&search=0xDEADBEEF&consistency=local")
                 .unwrap()
-                .linearizable
+                .consistency,
+            Some(Consistency::Local)
+        );
+        assert_eq!(
+            parse_lookup("op=get&search=0xDEADBEEF")
+                .unwrap()
+                .consistency,
+            None,
+            "unset: the routing default applies"
         );
         assert!(parse_lookup("op=get&search=0xDEADBEEF&consistency=eventual").is_err());
         assert!(parse_lookup("op=get&search=0xDEADBEEF&min_index=x").is_err());

@@ -104,6 +104,24 @@ pub fn apply_command(
             ctx.audit_line(batch, "policies", None, format!("{policies:?}"));
             outcomes.push(o);
         }
+        Op::SetRouting { routing } => {
+            let o = match routing.validate() {
+                Ok(()) => {
+                    records::set_routing(batch, routing);
+                    ApplyOutcome::RoutingSet
+                }
+                Err(reason) => ApplyOutcome::Rejected {
+                    fingerprint: String::new(),
+                    reason,
+                },
+            };
+            let line = match &o {
+                ApplyOutcome::RoutingSet => format!("{routing:?}"),
+                other => describe(other).1,
+            };
+            ctx.audit_line(batch, "routing", None, line);
+            outcomes.push(o);
+        }
         Op::Resolve { id, choose, note } => {
             let o = super::apply_admin::apply_resolve(batch, &mut ctx, *id, choose, note)?;
             ctx.audit(batch, "resolve", &o);
@@ -285,6 +303,7 @@ pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
             format!("If-Match failed (current {current})"),
         ),
         ApplyOutcome::PoliciesSet => (None, "policies set".into()),
+        ApplyOutcome::RoutingSet => (None, "routing set".into()),
         ApplyOutcome::Resolved { id, fingerprint } => {
             (Some(fingerprint.clone()), format!("conflict {id} resolved"))
         }

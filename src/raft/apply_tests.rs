@@ -367,3 +367,33 @@ fn audit_retention_keeps_the_recent_entries() {
     let indexes: Vec<u64> = audit.iter().map(|e| e.index).collect();
     assert_eq!(indexes, vec![7, 8, 9], "the last three indexes stay");
 }
+
+#[test]
+fn routing_changes_are_stored_audited_and_invalid_ones_rejected() {
+    use crate::raft::routing::{Consistency, Routing};
+    let mut n = Node::new();
+    assert_eq!(records::read_routing(&n.store).unwrap(), Routing::default());
+    let mut r = Routing {
+        default_consistency: Consistency::Linearizable,
+        learners_serve_reads: false,
+        ..Routing::default()
+    };
+    r.weights.insert("n2".into(), 0);
+    let o = n.apply(1, 10, Op::SetRouting { routing: r.clone() });
+    assert_eq!(o, ApplyOutcome::RoutingSet);
+    assert_eq!(records::read_routing(&n.store).unwrap(), r);
+    let mut bad = r.clone();
+    bad.weights.insert("n3".into(), 300);
+    let o = n.apply(1, 11, Op::SetRouting { routing: bad });
+    assert!(matches!(o, ApplyOutcome::Rejected { .. }), "{o:?}");
+    assert_eq!(records::read_routing(&n.store).unwrap(), r, "unchanged");
+    let audit = records::scan_audit(&n.store, 0, 100).unwrap();
+    let lines: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|(a, _)| *a == "routing"), "{lines:?}");
+    assert!(lines[0].1.contains("Linearizable"), "{lines:?}");
+    assert!(lines[1].1.starts_with("rejected: "), "{lines:?}");
+}

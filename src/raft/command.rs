@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::records::Policies;
 pub use super::records::Policy;
 pub use super::replay::SignedUse;
+use super::routing::Routing;
 use crate::store::VersionVector;
 
 /// A replicated state-machine command. New versions are added as new variants; old ones stay
@@ -99,6 +100,9 @@ pub enum Op {
     /// Changes nothing: every node computes the digest of its state right after applying this
     /// entry, so `/cluster/repair` compares replicas at one and the same log index.
     Checkpoint,
+    /// Replace the routing settings (read consistency, learners, weights) from this log
+    /// index on. Added after `Resolve`; a node older than this variant cannot apply it.
+    SetRouting { routing: Routing },
 }
 
 impl Command {
@@ -179,6 +183,8 @@ pub enum ApplyOutcome {
     SignatureRefused { replay: bool, reason: String },
     /// A refusal was recorded in the audit trail.
     Noted,
+    /// The routing settings changed.
+    RoutingSet,
 }
 
 mod serde_bytes_vec {

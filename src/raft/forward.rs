@@ -1,5 +1,6 @@
 //! [`LeaderForwarder`]: how a node reaches the leader (and other members) for what only the
-//! leader may do: writes, joins, leaves, plus a probe of a joining node. `raft` defines it,
+//! leader may do: writes, joins, leaves, the read index of a linearizable read, plus a probe
+//! of a joining node. `raft` defines it,
 //! `rpc` implements it over authenticated gRPC (databend-meta's pattern), so clients never see a
 //! redirect.
 use std::future::Future;
@@ -28,6 +29,10 @@ pub trait LeaderForwarder: Send + Sync + 'static {
 
     /// Ask `leader` to remove the member `id` (transferring leadership first if needed).
     fn leave<'a>(&'a self, leader: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, NodeId>;
+
+    /// Ask `leader` for a read index: it confirms its leadership with a quorum and answers the
+    /// log index this node must have applied before a linearizable read.
+    fn read_index<'a>(&'a self, leader: &'a KeyraftNode) -> ForwardFuture<'a, u64>;
 
     /// Call `node` at its Raft address, authenticated as `node.name` when TLS is on, and return
     /// the id and name it reports: proof that its address reaches the node it claims to be.

@@ -116,11 +116,6 @@ impl Keyserver {
         self.left.load(Ordering::SeqCst)
     }
 
-    /// How this node reaches other members, when it has peers.
-    pub(super) fn forwarder(&self) -> Option<&dyn LeaderForwarder> {
-        self.forwarder.as_deref()
-    }
-
     /// Forward writes this node cannot commit itself (it is not the leader) through `f`.
     pub fn with_forwarder(mut self, f: Arc<dyn LeaderForwarder>) -> Keyserver {
         self.forwarder = Some(f);
@@ -129,8 +124,18 @@ impl Keyserver {
 
     /// Commit `cmd`: here when this node leads, else through the leader. Answers once the
     /// entry is applied on this node too, so the caller reads its own write here. A leader
-    /// change mid-way is retried with the same request id (apply skips duplicates).
+    /// change mid-way is retried with the same request id (apply skips duplicates). The time
+    /// a successful commit took goes into the node's `commit` histogram.
     pub(super) async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+        let started = std::time::Instant::now();
+        let r = self.commit_and_apply(cmd).await;
+        if r.is_ok() {
+            self.raft.metrics().commit.record(started.elapsed());
+        }
+        r
+    }
+
+    async fn commit_and_apply(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
         use std::time::Duration;
         // While no leader is known (an election, a partition) the write waits for one, so a
         // follower cut off for a moment forwards its queued writes once healed. The API's write
@@ -184,6 +189,11 @@ impl Keyserver {
     /// The local replica (for the raft layer's own read modules).
     pub(super) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// How this node reaches the leader, if it can (for the raft layer's own modules).
+    pub(super) fn forwarder(&self) -> Option<&dyn LeaderForwarder> {
+        self.forwarder.as_deref()
     }
 
     /// The ETag of the version this replica holds for `fpr`.

@@ -20,6 +20,7 @@
 //! node.initialize_if_fresh().await?;          // bootstrap node only; no-op on restart
 //! let (response, index) = node.write(cmd).await?; // committed + applied here
 //! node.ensure_linearizable().await?;          // then read node.local_store()
+//! keys.ensure_linearizable().await?;          // the same on any member (followers ask the leader)
 //! let status = node.status();
 //! node.shutdown().await;
 //! ```
@@ -35,6 +36,7 @@ pub mod error;
 pub mod forward;
 pub mod keys;
 mod keys_signed;
+pub mod linearizable;
 pub mod log_store;
 pub mod membership;
 pub mod meta;
@@ -44,6 +46,7 @@ pub mod records;
 pub mod refusals;
 pub mod repair;
 pub mod replay;
+pub mod routing;
 pub mod settings;
 pub mod snapshot_builder;
 pub mod snapshot_files;
@@ -69,6 +72,7 @@ pub use membership::Member;
 pub use raft_node::RaftNode;
 pub use records::{Policies, Policy};
 pub use replay::SignedUse;
+pub use routing::{Consistency, Routing};
 pub use settings::RaftSettings;
 pub use status::NodeStatus;
 pub use transport::{NoPeers, PeerTransport, RaftRpc, TransportError};

@@ -16,6 +16,7 @@ use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::metrics::NodeMetrics;
 use crate::raft::codec;
 use crate::raft::command::{Command, Response};
 use crate::raft::error::RaftError;
@@ -47,6 +48,8 @@ struct Inner {
     request_timeout: Duration,
     /// Snapshot transfers sent and received.
     sync: Arc<crate::raft::sync::SyncTracker>,
+    /// This node's latency histograms and load figures (never replicated).
+    metrics: Arc<NodeMetrics>,
     /// Serialises `initialize_if_fresh` so two callers cannot both initialise.
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -75,7 +78,10 @@ impl RaftNode {
         transport: T,
     ) -> Result<RaftNode, RaftError> {
         let config = cfg.to_openraft()?;
-        let state_machine = StateMachine::open(store.clone()).map_err(storage)?;
+        let metrics = NodeMetrics::start();
+        let state_machine = StateMachine::open(store.clone())
+            .map_err(storage)?
+            .with_metrics(metrics.clone());
         let sync = Arc::new(crate::raft::sync::SyncTracker::default());
         let network = NetworkFactory::new(node_id, Arc::new(transport), sync.clone());
         let raft = OpenRaft::new(
@@ -96,6 +102,7 @@ impl RaftNode {
                 state_machine,
                 request_timeout: Duration::from_millis(cfg.request_timeout_ms),
                 sync,
+                metrics,
                 init_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -124,6 +131,12 @@ impl RaftNode {
     /// Snapshot transfers this node sent and received (for `/cluster/sync/status`).
     pub fn sync_tracker(&self) -> &crate::raft::sync::SyncTracker {
         &self.inner.sync
+    }
+
+    /// This node's metrics: commit and apply latencies recorded here, lookups and HTTP load
+    /// recorded by the API. Node-local, never replicated.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.inner.metrics
     }
 
     /// This node's own membership record.
@@ -194,8 +207,26 @@ impl RaftNode {
         Ok((resp.data, resp.log_id.index))
     }
 
+    /// On the leader: confirm leadership with a quorum (ReadIndex) and return the log index a
+    /// replica must have applied before a read is linearizable (for a follower's read; the
+    /// leader does not wait for its own apply here).
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let fut = self.inner.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        let linearizer = tokio::time::timeout(self.inner.request_timeout, fut)
+            .await
+            .map_err(|_| {
+                RaftError::Timeout(format!(
+                    "leadership not confirmed within {:?}",
+                    self.inner.request_timeout
+                ))
+            })??;
+        Ok(linearizer.read_log_id().index())
+    }
+
     /// Wait until a read of the local replica is linearizable: this node is the leader, has
     /// confirmed that with a quorum, and has applied everything committed before the call.
+    /// On a follower this fails with [`RaftError::NotLeader`]; [`crate::raft::Keyserver`]'s
+    /// `ensure_linearizable` asks the leader for the read index instead.
     pub async fn ensure_linearizable(&self) -> Result<(), RaftError> {
         let fut = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         tokio::time::timeout(self.inner.request_timeout, fut)

@@ -1,8 +1,10 @@
 //! What the raft layer keeps in the store's tables besides certificates: tombstones of deleted
-//! certificates, conflicts, the audit trail, and the conflict policies (in `sm_meta`). All are
+//! certificates, conflicts, the audit trail, the conflict policies and the routing settings
+//! (both in `sm_meta`). All are
 //! MessagePack with named fields, written only by apply, so every node holds identical bytes.
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::routing::Routing;
 use crate::store::{ApplyBatch, Store, StoreError, Table, VersionVector};
 
 /// How a write whose base version does not descend from the stored one is settled.
@@ -53,6 +55,7 @@ impl Default for Policies {
 }
 
 const POLICIES_KEY: &str = "conflict_policies";
+const ROUTING_KEY: &str = "routing";
 
 /// A deleted certificate's marker: stale copies cannot resurrect it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +127,7 @@ pub struct AuditEntry {
     pub actor: String,
     /// The node the command came through.
     pub origin: u64,
-    /// `add`, `replace`, `delete`, `resolve`, `policies`, `membership`.
+    /// `add`, `replace`, `delete`, `resolve`, `policies`, `routing`, `membership`.
     pub action: String,
     pub fingerprint: Option<String>,
     /// The outcome, one line.
@@ -159,6 +162,18 @@ pub fn read_policies(store: &Store) -> Result<Policies, StoreError> {
     store
         .sm_meta_get(POLICIES_KEY)?
         .map_or(Ok(Policies::default()), |b| dec("sm_meta", &b))
+}
+
+/// Set the routing settings (in the batch).
+pub fn set_routing(batch: &mut ApplyBatch, r: &Routing) {
+    batch.set_sm_meta(ROUTING_KEY, enc(r));
+}
+
+/// The committed routing settings (the defaults until an operator sets some).
+pub fn read_routing(store: &Store) -> Result<Routing, StoreError> {
+    store
+        .sm_meta_get(ROUTING_KEY)?
+        .map_or(Ok(Routing::default()), |b| dec("sm_meta", &b))
 }
 
 /// The tombstone of `fpr` (in the batch).

@@ -130,6 +130,7 @@ fn action(op: &Op) -> &'static str {
         Op::Resolve { .. } => "resolve",
         Op::AuditRefusal { .. } => "refusal",
         Op::Checkpoint => "checkpoint",
+        Op::SetRouting { .. } => "routing",
     }
 }
 

@@ -10,15 +10,20 @@
 //! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory, then
 //! replaces the store's state atomically with `Store::snapshot_install`, then makes it current.
 //!
+//! Each batch and each entry in it is timed into [`NodeMetrics`] (`apply_batch`,
+//! `apply_entry`). The timings are node-local and never part of what apply writes.
+//!
 //! Knows the store and openraft; must not depend on the log store, the network or the API.
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use crate::metrics::NodeMetrics;
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
 use crate::raft::digest::{digest_store, Checkpoints};
@@ -37,6 +42,7 @@ pub struct StateMachine {
     store: Store,
     files: Arc<SnapshotFiles>,
     checkpoints: Arc<Checkpoints>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl StateMachine {
@@ -47,12 +53,19 @@ impl StateMachine {
             store,
             files: Arc::new(files),
             checkpoints: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
     /// Digests taken at checkpoint entries.
     pub fn checkpoints(&self) -> &Arc<Checkpoints> {
         &self.checkpoints
+    }
+
+    /// Record apply timings into `metrics` (by default, into metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> StateMachine {
+        self.metrics = metrics;
+        self
     }
 
     /// A fresh temp path in the snapshot directory (for spooling an incoming snapshot).
@@ -77,6 +90,7 @@ fn apply_entries(
     store: &Store,
     entries: &[Entry],
     checkpoints: &Checkpoints,
+    metrics: &NodeMetrics,
 ) -> io::Result<Vec<Response>> {
     let mut responses = Vec::with_capacity(entries.len());
     let mut rest = entries;
@@ -86,7 +100,7 @@ fn apply_entries(
             .position(is_checkpoint)
             .map_or(rest.len(), |i| i + 1);
         let (run, tail) = rest.split_at(cut);
-        responses.extend(apply_batch(store, run)?);
+        responses.extend(apply_batch(store, run, metrics)?);
         if let Some(last) = run.last().filter(|e| is_checkpoint(e)) {
             let d = digest_store(store).map_err(io::Error::other)?;
             tracing::info!(index = last.log_id.index, sha256 = %d.sha256, "checkpoint digest");
@@ -97,8 +111,14 @@ fn apply_entries(
     Ok(responses)
 }
 
-/// Apply `entries` in one batch; returns one response per entry, in order.
-fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
+/// Apply `entries` in one batch; returns one response per entry, in order. Normal entries
+/// and the whole batch are timed into `metrics` (never read back by apply).
+fn apply_batch(
+    store: &Store,
+    entries: &[Entry],
+    metrics: &NodeMetrics,
+) -> io::Result<Vec<Response>> {
+    let started = Instant::now();
     let mut batch = store.begin_apply();
     let mut responses = Vec::with_capacity(entries.len());
     let mut membership = None;
@@ -106,7 +126,11 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::default(),
             EntryPayload::Normal(cmd) => {
-                apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?
+                let t = Instant::now();
+                let r =
+                    apply_command(&mut batch, cmd, entry.log_id.index).map_err(io::Error::other)?;
+                metrics.apply_entry.record(t.elapsed());
+                r
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -123,6 +147,7 @@ fn apply_batch(store: &Store, entries: &[Entry]) -> io::Result<Vec<Response>> {
         meta::sm_set::<LastAppliedKey>(&mut batch, &last.log_id)?;
     }
     batch.commit().map_err(io::Error::other)?;
+    metrics.apply_batch.record(started.elapsed());
     Ok(responses)
 }
 
@@ -212,10 +237,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
-        let (store, cps) = (self.store.clone(), self.checkpoints.clone());
-        let responses = tokio::task::spawn_blocking(move || apply_entries(&store, &batch, &cps))
-            .await
-            .map_err(io::Error::other)??;
+        let (store, cps, metrics) = (
+            self.store.clone(),
+            self.checkpoints.clone(),
+            self.metrics.clone(),
+        );
+        let responses =
+            tokio::task::spawn_blocking(move || apply_entries(&store, &batch, &cps, &metrics))
+                .await
+                .map_err(io::Error::other)??;
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

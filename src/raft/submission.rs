@@ -101,6 +101,7 @@ pub(super) fn item_report(o: ApplyOutcome) -> ItemReport {
         ApplyOutcome::PoliciesSet
         | ApplyOutcome::Resolved { .. }
         | ApplyOutcome::Noted
+        | ApplyOutcome::RoutingSet
         | ApplyOutcome::Checkpointed => (String::new(), Status::Updated, None),
         ApplyOutcome::SignatureRefused { reason, .. } => {
             (String::new(), Status::Rejected, Some(reason))

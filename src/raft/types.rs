@@ -85,6 +85,7 @@ impl fmt::Display for Command {
                 }
                 Op::Replace { .. } => write!(f, "v1 replace req={:x}", c.request_id),
                 Op::SetPolicies { .. } => write!(f, "v1 set policies req={:x}", c.request_id),
+                Op::SetRouting { .. } => write!(f, "v1 set routing req={:x}", c.request_id),
                 Op::Resolve { id, choose, .. } => {
                     write!(f, "v1 resolve {id} {choose} req={:x}", c.request_id)
                 }

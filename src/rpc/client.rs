@@ -16,7 +16,7 @@ use super::proto::cluster_service_client::ClusterServiceClient;
 use super::proto::raft_service_client::RaftServiceClient;
 use super::proto::{
     DigestRequest, ForwardRequest, JoinRequest, LeaveRequest, PingRequest, RaftCall,
-    RebuildRequest, SnapshotChunk,
+    ReadIndexRequest, RebuildRequest, SnapshotChunk,
 };
 use super::tls::ClusterTls;
 use crate::raft::{
@@ -241,6 +241,21 @@ impl LeaderForwarder for GrpcTransport {
                 .map_err(reason)?
                 .into_inner();
             Ok(r.removed)
+        })
+    }
+
+    fn read_index<'a>(&'a self, leader: &'a KeyraftNode) -> ForwardFuture<'a, u64> {
+        Box::pin(async move {
+            let r = self
+                .cluster(leader)?
+                .read_index(request(ReadIndexRequest {}, CALL_TIMEOUT))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            if !r.error.is_empty() {
+                return Err(r.error);
+            }
+            Ok(r.index)
         })
     }
 

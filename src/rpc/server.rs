@@ -1,5 +1,6 @@
 //! The gRPC server: Raft messages and snapshots from peers go to the `raft` facade as bytes;
-//! the cluster service answers pings, executes forwarded writes on the leader, and admits and
+//! the cluster service answers pings, executes forwarded writes on the leader, answers read
+//! indexes for followers' linearizable reads, and admits and
 //! removes members through the facade's admission rules. With mTLS, a join must come from the
 //! joiner's own certificate or from a current member forwarding it.
 use std::future::Future;
@@ -12,8 +13,8 @@ use super::proto::cluster_service_server::{ClusterService, ClusterServiceServer}
 use super::proto::raft_service_server::{RaftService, RaftServiceServer};
 use super::proto::{
     DigestReply, DigestRequest, ForwardReply, ForwardRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PingReply, PingRequest, RaftCall, RaftReply, RebuildReply, RebuildRequest,
-    SnapshotChunk,
+    LeaveRequest, PingReply, PingRequest, RaftCall, RaftReply, ReadIndexReply, ReadIndexRequest,
+    RebuildReply, RebuildRequest, SnapshotChunk,
 };
 use super::tls::{peer_names, ClusterTls};
 use crate::raft::command::Command;
@@ -147,6 +148,23 @@ impl ClusterService for ClusterSvc {
             },
             Err(e) => ForwardReply {
                 response: Vec::new(),
+                index: 0,
+                error: e.to_string(),
+            },
+        };
+        Ok(Response::new(r))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let r = match self.keys.raft().read_index().await {
+            Ok(index) => ReadIndexReply {
+                index,
+                error: String::new(),
+            },
+            Err(e) => ReadIndexReply {
                 index: 0,
                 error: e.to_string(),
             },

@@ -8,6 +8,7 @@ mod formation;
 mod maintenance;
 mod membership;
 mod partition;
+mod routing;
 mod snapshot;
 mod ten;
 mod tls;

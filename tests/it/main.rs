@@ -4,3 +4,4 @@ mod common;
 mod durability;
 mod gpg_e2e;
 mod http_api;
+mod observe;
