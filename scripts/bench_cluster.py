@@ -584,6 +584,8 @@ def catchup_once(binary, n, files, env=None, batch=None, limit=120):
 CATCHUP = {
     "log": "default settings (snapshot_every 10000), import batches of 200 certs: the joiner gets the log",
     "log1": "default settings, import batches of 1 cert (one Raft entry per cert): the joiner gets the log",
+    "snapshot200": "snapshot_every 50, keep_logs 10, import batches of 200: the log is purged and the joiner "
+                   "installs a snapshot",
     "snapshot": "snapshot_every 100, keep_logs 20, import batches of 2: the log is purged and the joiner "
                 "installs a snapshot",
 }
@@ -607,6 +609,9 @@ def main():
     ap.add_argument("--generate", type=int, default=0,
                     help="generate N Ed25519 certificates (python3-cryptography) for the catch-up test")
     ap.add_argument("--only", default="writes,lookups,failover,catchup,mtls")
+    ap.add_argument("--catchup-modes", default="log,log1,snapshot",
+                    help="catch-up modes: log, log1, snapshot, snapshot200 (batches of 200, snapshot every "
+                         "50 entries: for large --generate data sets)")
     ap.add_argument("--log", default="warn", help="RUST_LOG for the nodes")
     ap.add_argument("--failover-limit", type=int, default=60,
                     help="seconds after the kill during which new write attempts are started")
@@ -757,10 +762,13 @@ def run(a):
             print(f"\ngenerated {a.generate} Ed25519 certificates in {time.monotonic() - t:.1f} s", flush=True)
             files.append(path)
         try:
-            for label, env, batch in [
+            modes = [
                 ("log", None, None),
                 ("log1", None, 1),
-                ("snapshot", {"KEYRAFT_RAFT__SNAPSHOT_EVERY": "100", "KEYRAFT_RAFT__KEEP_LOGS": "20"}, 2)]:
+                ("snapshot", {"KEYRAFT_RAFT__SNAPSHOT_EVERY": "100", "KEYRAFT_RAFT__KEEP_LOGS": "20"}, 2),
+                ("snapshot200", {"KEYRAFT_RAFT__SNAPSHOT_EVERY": "50", "KEYRAFT_RAFT__KEEP_LOGS": "10"}, None)]
+            wanted = a.catchup_modes.split(",")
+            for label, env, batch in [m for m in modes if m[0] in wanted]:
                 desc = CATCHUP[label]
                 print(f"\n== catch-up of a new member via {label}: {desc} ==", flush=True)
                 runs = []
@@ -815,7 +823,7 @@ def run(a):
         m = sorted((x if x is not None else float("inf")) for x in xs)[len(xs) // 2] if xs else float("nan")
         print(f"| failover: kill -9 leader -> first 200 through a survivor (loaded with {how}) | "
               f"{f'> {a.failover_limit} s' if math.isinf(m) else f'{m:.2f} s'} (runs: {runs_txt}{f'; {missed} missed' if missed else ''}) | < 3 s |")
-    for label in ("log", "log1", "snapshot"):
+    for label in ("log", "log1", "snapshot", "snapshot200"):
         if label in C:
             x = C[label]
             missed = f"; {x['missed']} of {x['runs']} runs did not catch up within {a.catchup_limit} s" if x["missed"] else ""

@@ -49,7 +49,8 @@ pub async fn nodes(state: web::Data<AppState>) -> HttpResponse {
 
 /// Raft's view on this node: term, vote, last log, committed, applied, snapshot, purged.
 pub async fn consensus(state: web::Data<AppState>) -> HttpResponse {
-    let s = state.keys.raft().status();
+    let raft = state.keys.raft();
+    let s = raft.status();
     HttpResponse::Ok().json(json!({
         "id": s.id,
         "state": s.state,
@@ -62,6 +63,7 @@ pub async fn consensus(state: web::Data<AppState>) -> HttpResponse {
         "snapshot": s.snapshot_index,
         "purged": s.purged_index,
         "millis_since_quorum_ack": s.millis_since_quorum_ack,
+        "elections_since_start": raft.elections_since_start(),
     }))
 }
 

@@ -50,6 +50,8 @@ struct Inner {
     sync: Arc<crate::raft::sync::SyncTracker>,
     /// This node's latency histograms and load figures (never replicated).
     metrics: Arc<NodeMetrics>,
+    /// The Raft term when this process started (for elections seen since).
+    start_term: u64,
     /// Serialises `initialize_if_fresh` so two callers cannot both initialise.
     init_lock: tokio::sync::Mutex<()>,
 }
@@ -93,6 +95,7 @@ impl RaftNode {
         )
         .await?;
         tracing::info!(node_id, name = %me.name, "raft node started");
+        let start_term = raft.metrics().borrow_watched().current_term;
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 id: node_id,
@@ -103,6 +106,7 @@ impl RaftNode {
                 request_timeout: Duration::from_millis(cfg.request_timeout_ms),
                 sync,
                 metrics,
+                start_term,
                 init_lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -137,6 +141,13 @@ impl RaftNode {
     /// recorded by the API. Node-local, never replicated.
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.inner.metrics
+    }
+
+    /// Elections this node has seen since its process started: every election raises the term.
+    pub fn elections_since_start(&self) -> u64 {
+        self.status()
+            .current_term
+            .saturating_sub(self.inner.start_term)
     }
 
     /// This node's own membership record.

@@ -57,6 +57,11 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     assert_eq!(r.status, 200, "{}", r.text());
     let index = log_index(&r);
     assert!(served(&n3, &certs[1].0, index));
+    let c = n2.json("/cluster/consensus").unwrap();
+    assert!(
+        c["elections_since_start"].as_u64().unwrap() >= 1,
+        "a survivor counts the election: {c}"
+    );
 
     tracing_phase("restart n1: it catches up by itself (no re-join, no re-initialisation)");
     n1.spawn();
