@@ -8,7 +8,7 @@ use super::apply::{cert_side, incoming_wins, merge, parse_cert, policy_name, sto
 use super::command::ApplyOutcome;
 use super::records::{self, Policy, Resolution, Side, Tombstone};
 use crate::pgp;
-use crate::store::{ApplyBatch, StoreError, VersionVector};
+use crate::store::{ApplyBatch, CertRecord, StoreError, VersionVector};
 
 /// Remove the stored certificate and leave a tombstone with `version`.
 fn bury(
@@ -88,6 +88,21 @@ pub(super) fn apply_delete(
     }
 }
 
+/// The version a write must descend from: the stored certificate's, else its tombstone's,
+/// else the empty version.
+fn version_or_tombstone(
+    batch: &ApplyBatch,
+    fpr: &[u8],
+    stored: Option<&CertRecord>,
+) -> Result<VersionVector, StoreError> {
+    Ok(match stored {
+        Some(r) => r.version.clone(),
+        None => records::tombstone(batch, fpr)?
+            .map(|t| t.version)
+            .unwrap_or_default(),
+    })
+}
+
 pub(super) fn apply_replace(
     batch: &mut ApplyBatch,
     ctx: &mut Ctx,
@@ -103,12 +118,7 @@ pub(super) fn apply_replace(
     let fpr = incoming.fingerprint().as_bytes().to_vec();
     let fingerprint = incoming.fingerprint().to_hex();
     let stored = batch.get_cert(&fpr)?;
-    let current_version = match &stored {
-        Some(r) => r.version.clone(),
-        None => records::tombstone(batch, &fpr)?
-            .map(|t| t.version)
-            .unwrap_or_default(),
-    };
+    let current_version = version_or_tombstone(batch, &fpr, stored.as_ref())?;
     if let Some(tag) = if_match {
         if tag != current_version.etag() {
             return Ok(ApplyOutcome::PreconditionFailed {
@@ -210,12 +220,7 @@ pub(super) fn apply_resolve(
     };
     let fpr = fpr.0;
     let stored = batch.get_cert(&fpr)?;
-    let current_version = match &stored {
-        Some(r) => r.version.clone(),
-        None => records::tombstone(batch, &fpr)?
-            .map(|t| t.version)
-            .unwrap_or_default(),
-    };
+    let current_version = version_or_tombstone(batch, &fpr, stored.as_ref())?;
     let version = ctx.next_version(&current_version, Some(&c.incoming.version));
     let created = stored.as_ref().map(|r| r.created_at);
     let limits = pgp::Limits::default();

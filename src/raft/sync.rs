@@ -122,10 +122,9 @@ impl SyncTracker {
         }
     }
 
-    /// The incoming snapshot (at `index`, if its header was read) was installed or failed.
-    pub fn receive_finished(&self, index: Option<u64>, result: Result<(), String>) {
+    /// The incoming snapshot was installed or failed.
+    pub fn receive_finished(&self, result: Result<(), String>) {
         if let Some(t) = self.incoming.lock().expect("poisoned").as_mut() {
-            t.snapshot_index = index.or(t.snapshot_index);
             t.bytes_total = Some(t.bytes_done);
             t.finished = Some((Instant::now(), result));
         }

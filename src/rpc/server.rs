@@ -118,7 +118,7 @@ impl RaftService for RaftSvc {
         }
         .await;
         let _ = tokio::fs::remove_file(&path).await;
-        tracker.receive_finished(None, result.as_ref().map(|_| ()).map_err(Clone::clone));
+        tracker.receive_finished(result.as_ref().map(|_| ()).map_err(Clone::clone));
         Ok(reply(result))
     }
 }
