@@ -35,43 +35,55 @@ enum Component {
 pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpError> {
     let primary: Primary = cert.primary_key().key().clone();
     let primary_handle = KeyHandle::from(primary.fingerprint());
+    // Rebuilding a certificate from packets canonicalises it again, which costs about as much
+    // as parsing it: keep the parsed one when no packet is dropped (the usual case).
+    let original = cert.clone();
     let mut kept = Vec::new();
+    let mut dropped = false;
     let mut current = Component::Primary;
     for packet in cert.into_packets() {
-        match packet {
+        let keep = match &packet {
             Packet::PublicKey(_) => {
                 current = Component::Primary;
-                kept.push(packet);
+                true
             }
-            Packet::PublicSubkey(ref k) => {
+            Packet::PublicSubkey(k) => {
                 current = Component::Subkey(k.clone());
-                kept.push(packet);
+                true
             }
-            Packet::UserID(ref u) => {
+            Packet::UserID(u) => {
                 current = Component::UserId(u.clone());
-                kept.push(packet);
+                true
             }
-            Packet::UserAttribute(ref ua) => {
+            Packet::UserAttribute(ua) => {
                 if ua.value().len() > limits.max_packet_bytes as usize {
                     current = Component::Dropped;
+                    false
                 } else {
                     current = Component::UserAttribute(ua.clone());
-                    kept.push(packet);
+                    true
                 }
             }
-            Packet::Signature(ref sig)
-                if keep_signature(sig, &current, &primary, &primary_handle, limits) =>
-            {
-                kept.push(packet);
+            Packet::Signature(sig) => {
+                keep_signature(sig, &current, &primary, &primary_handle, limits)
             }
-            _ => {}
+            _ => false,
+        };
+        if keep {
+            kept.push(packet);
+        } else {
+            dropped = true;
         }
     }
-    let cert = Cert::from_packets(kept.into_iter())
-        .map_err(|e| PgpError::Invalid(one_line(&e)))?
-        // A component without a verified self-signature is unbound: drop it, so nobody can
-        // make a key findable under a user id its owner never signed. One that only carries
-        // a verified self-revocation stays: clients must learn it is revoked.
+    let cert = if dropped {
+        Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?
+    } else {
+        original
+    };
+    // A component without a verified self-signature is unbound: drop it, so nobody can
+    // make a key findable under a user id its owner never signed. One that only carries
+    // a verified self-revocation stays: clients must learn it is revoked.
+    let cert = cert
         .retain_userids(|ua| {
             ua.self_signatures().next().is_some() || ua.self_revocations().next().is_some()
         })

@@ -34,7 +34,7 @@ pub use index::{
 };
 pub use limits::{Limits, ThirdPartyPolicy};
 pub use merge::{merge, MergeOutcome};
-pub use parse::{armor_blocks, parse_submission, Parsed};
+pub use parse::{armor_blocks, parse_submission, primary_fingerprint, Parsed};
 pub use split::CertSplitter;
 pub use types::{normalize_email, Fingerprint};
 

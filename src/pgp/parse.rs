@@ -6,8 +6,10 @@
 //! work a small body can cause), and packets over the packet cap are not buffered.
 use sequoia_openpgp::armor::{Kind, Reader, ReaderMode};
 use sequoia_openpgp::cert::CertParser;
-use sequoia_openpgp::parse::{Dearmor, PacketParserBuilder, Parse};
-use sequoia_openpgp::Cert;
+use sequoia_openpgp::parse::{
+    Dearmor, PacketParser, PacketParserBuilder, PacketParserResult, Parse,
+};
+use sequoia_openpgp::{Cert, Packet};
 use std::io::Read;
 
 use super::{Limits, PgpError};
@@ -102,6 +104,22 @@ fn parse_binary(bin: &[u8], limits: &Limits, out: &mut Vec<Parsed>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The primary key's fingerprint of a binary certificate, from its first packet alone (no
+/// canonicalisation: cheap even for a large certificate).
+pub fn primary_fingerprint(bin: &[u8]) -> Result<super::Fingerprint, PgpError> {
+    let ppr = PacketParser::from_bytes(bin).map_err(|e| PgpError::Unparsable(one_line(&e)))?;
+    match ppr {
+        PacketParserResult::Some(pp) => match &pp.packet {
+            Packet::PublicKey(k) => Ok(super::Fingerprint(k.fingerprint().as_bytes().to_vec())),
+            other => Err(PgpError::Unparsable(format!(
+                "a certificate starts with a public key, not {}",
+                other.tag()
+            ))),
+        },
+        PacketParserResult::EOF(_) => Err(PgpError::Unparsable("empty input".into())),
+    }
 }
 
 /// An error chain as one line.

@@ -181,6 +181,9 @@ impl Admission {
                 "join: replacing the record of a member with the same name (wiped data directory)");
             raft.remove(BTreeSet::from([old])).await?;
         }
+        if let Err(e) = raft.prepare_for_joiner().await {
+            tracing::warn!(error = %e, "join: no snapshot arranged; the new member replays the log");
+        }
         tracing::info!(node_id = spec.id, name = %spec.name, raft_addr = %spec.raft_addr, "join: adding learner");
         raft.add_learner(spec.id, node).await?;
         let voters = raft.members().iter().filter(|m| m.voter).count();

@@ -8,15 +8,15 @@
 //! earlier update: a conflict, settled by the policy for that kind of write (see
 //! [`super::records::Policies`]) and recorded in the conflicts table. Every item also leaves a
 //! line in the audit trail.
-use std::time::{Duration, UNIX_EPOCH};
-
 use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::Cert;
 
+use super::cert_row::{Incoming, Prepared, Row};
+
 use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
 use super::records::{self, AuditEntry, ConflictRecord, Policy, Resolution, Side, Tombstone};
-use crate::pgp::{self, MergeOutcome};
-use crate::store::{ApplyBatch, CertRecord, IndexKind, IndexTerm, StoreError, VersionVector};
+use crate::pgp;
+use crate::store::{ApplyBatch, CertRecord, StoreError, VersionVector};
 
 /// Apply `cmd`, committed at log `index`, into `batch`. Errors are storage errors only
 /// (they stop the node); per-item problems become [`ApplyOutcome::Rejected`].
@@ -49,9 +49,11 @@ pub fn apply_command(
             certs,
             limits,
             bases,
+            prepared,
         } => {
             for (i, bytes) in certs.iter().enumerate() {
-                let o = apply_submit(batch, &mut ctx, bytes, bases.get(i), limits)?;
+                let pre = prepared.get(i).and_then(Option::as_ref);
+                let o = apply_submit(batch, &mut ctx, bytes, bases.get(i), pre, limits)?;
                 ctx.audit(batch, "add", &o);
                 outcomes.push(o);
             }
@@ -314,25 +316,22 @@ pub(super) fn describe(o: &ApplyOutcome) -> (Option<String>, String) {
     }
 }
 
-/// Store `cert` (binary, canonical) under its fingerprint with `version`.
+/// Store `row` with `version`.
 pub(super) fn store_cert(
     batch: &mut ApplyBatch,
     ctx: &Ctx,
-    cert: &Cert,
-    bytes: Vec<u8>,
+    row: Row,
     created_at: Option<u64>,
     version: VersionVector,
 ) -> Result<(), StoreError> {
     let time = ctx.c.time;
-    let fpr = cert.fingerprint().as_bytes().to_vec();
-    let summary = pgp::summarize(cert, UNIX_EPOCH + Duration::from_secs(time));
-    batch.put_rendered(&fpr, pgp::armor_public_keys([bytes.as_slice()]));
-    batch.delete(crate::store::Table::Tombstones, &fpr);
+    batch.put_rendered(&row.fpr, pgp::armor_public_keys([row.bytes.as_slice()]));
+    batch.delete(crate::store::Table::Tombstones, &row.fpr);
     batch.put_cert(CertRecord {
-        fingerprint: fpr,
-        cert: bytes,
-        summary: rmp_serde::to_vec_named(&summary).expect("summaries serialize"),
-        terms: store_terms(&pgp::index_terms(cert)),
+        fingerprint: row.fpr,
+        cert: row.bytes,
+        summary: row.summary,
+        terms: row.terms,
         created_at: created_at.unwrap_or(time),
         updated_at: time,
         updated_index: ctx.index,
@@ -349,17 +348,12 @@ pub(super) fn parse_cert(bytes: &[u8]) -> Result<Cert, ApplyOutcome> {
     })
 }
 
-/// Union of `stored` (binary, if any) and `incoming`; `None` when nothing changed.
-pub(super) type Merged = Option<(Box<Cert>, Vec<u8>)>;
-
-pub(super) fn merge(
-    stored: Option<&[u8]>,
-    incoming: Cert,
-    limits: &pgp::Limits,
-) -> Result<Merged, pgp::PgpError> {
-    Ok(match pgp::merge(stored, incoming, limits)? {
-        MergeOutcome::Unchanged => None,
-        MergeOutcome::New(c, b) | MergeOutcome::Updated(c, b) => Some((c, b)),
+/// The primary fingerprint of a command's certificate (its first packet only), or the
+/// outcome that rejects it.
+pub(super) fn primary_fingerprint(bytes: &[u8]) -> Result<pgp::Fingerprint, ApplyOutcome> {
+    pgp::primary_fingerprint(bytes).map_err(|e| ApplyOutcome::Rejected {
+        fingerprint: String::new(),
+        reason: e.to_string(),
     })
 }
 
@@ -368,14 +362,21 @@ fn apply_submit(
     ctx: &mut Ctx,
     bytes: &[u8],
     base: Option<&VersionVector>,
+    prepared: Option<&Prepared>,
     limits: &pgp::Limits,
 ) -> Result<ApplyOutcome, StoreError> {
-    let incoming = match parse_cert(bytes) {
-        Ok(c) => c,
+    let fpr = match primary_fingerprint(bytes) {
+        Ok(f) => f.0,
         Err(rejected) => return Ok(rejected),
     };
-    let fpr = incoming.fingerprint().as_bytes().to_vec();
-    let fingerprint = incoming.fingerprint().to_hex();
+    let fingerprint = hex::encode_upper(&fpr);
+    let incoming = Incoming {
+        fpr: &fpr,
+        bytes,
+        prepared,
+        limits,
+        time: ctx.c.time,
+    };
     let rejected = |e: pgp::PgpError| ApplyOutcome::Rejected {
         fingerprint: fingerprint.clone(),
         reason: e.to_string(),
@@ -395,15 +396,12 @@ fn apply_submit(
                 });
             }
             if revive {
-                let Some((cert, merged)) = merge(None, incoming, limits)
-                    .map_err(rejected)
-                    .ok()
-                    .flatten()
-                else {
+                let Some(row) = incoming.merge_into(None).map_err(rejected).ok().flatten() else {
                     return Ok(ApplyOutcome::Unchanged { fingerprint });
                 };
+                let merged = row.bytes.clone();
                 let version = ctx.next_version(&t.version, base);
-                store_cert(batch, ctx, &cert, merged.clone(), None, version)?;
+                store_cert(batch, ctx, row, None, version)?;
                 if fresh {
                     return Ok(ApplyOutcome::New { fingerprint });
                 }
@@ -435,10 +433,10 @@ fn apply_submit(
         }
     }
     let Some(rec) = stored else {
-        return Ok(match merge(None, incoming, limits) {
-            Ok(Some((cert, merged))) => {
+        return Ok(match incoming.merge_into(None) {
+            Ok(Some(row)) => {
                 let version = ctx.next_version(&VersionVector::default(), base);
-                store_cert(batch, ctx, &cert, merged, None, version)?;
+                store_cert(batch, ctx, row, None, version)?;
                 ApplyOutcome::New { fingerprint }
             }
             Ok(None) => ApplyOutcome::Unchanged { fingerprint },
@@ -448,17 +446,10 @@ fn apply_submit(
     let fresh = base.is_none_or(|b| b.descends(&rec.version));
     let policy = ctx.policies.add;
     if fresh || policy == Policy::Merge {
-        return Ok(match merge(Some(&rec.cert), incoming, limits) {
-            Ok(Some((cert, merged))) => {
+        return Ok(match incoming.merge_into(Some(&rec)) {
+            Ok(Some(row)) => {
                 let version = ctx.next_version(&rec.version, base);
-                store_cert(
-                    batch,
-                    ctx,
-                    &cert,
-                    merged.clone(),
-                    Some(rec.created_at),
-                    version,
-                )?;
+                store_cert(batch, ctx, row, Some(rec.created_at), version)?;
                 if fresh {
                     ApplyOutcome::Updated { fingerprint }
                 } else {
@@ -479,13 +470,13 @@ fn apply_submit(
         Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "add", policy, cur, inc, None)),
         Policy::LastWriterWins | Policy::Merge => {
             if incoming_wins(ctx, &rec) {
-                let (cert, merged) = match merge(None, incoming, limits) {
+                let row = match incoming.merge_into(None) {
                     Ok(Some(x)) => x,
                     Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
                     Err(e) => return Ok(rejected(e)),
                 };
                 let version = ctx.next_version(&rec.version, base);
-                store_cert(batch, ctx, &cert, merged, Some(rec.created_at), version)?;
+                store_cert(batch, ctx, row, Some(rec.created_at), version)?;
             }
             Ok(ctx.conflict(
                 batch,
@@ -500,7 +491,6 @@ fn apply_submit(
     }
 }
 
-/// Last writer wins: the later proposer time, ties broken by the higher origin id.
 pub(super) fn incoming_wins(ctx: &Ctx, rec: &CertRecord) -> bool {
     (ctx.c.time, ctx.c.origin) > (rec.updated_at, rec.origin)
 }
@@ -532,29 +522,6 @@ pub(super) fn tomb_side(t: &Tombstone) -> Side {
         cert: None,
         actor: t.actor.clone(),
     }
-}
-
-/// Convert pgp's terms into the store's, sorted (BTreeSets are ordered).
-fn store_terms(t: &pgp::IndexTerms) -> Vec<IndexTerm> {
-    let mut out: Vec<IndexTerm> = Vec::new();
-    out.extend(
-        t.fingerprints
-            .iter()
-            .map(|f| (IndexKind::Fingerprint, f.clone())),
-    );
-    out.extend(t.keyids64.iter().map(|k| (IndexKind::KeyId64, k.clone())));
-    out.extend(t.keyids32.iter().map(|k| (IndexKind::KeyId32, k.clone())));
-    out.extend(
-        t.emails
-            .iter()
-            .map(|e| (IndexKind::Email, e.as_bytes().to_vec())),
-    );
-    out.extend(
-        t.words
-            .iter()
-            .map(|w| (IndexKind::Word, w.as_bytes().to_vec())),
-    );
-    out
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::Cert;
 
-use super::apply::{cert_side, incoming_wins, merge, parse_cert, policy_name, store_cert, Ctx};
+use super::apply::{cert_side, incoming_wins, policy_name, primary_fingerprint, store_cert, Ctx};
+use super::cert_row::{merged_row, Incoming};
 use super::command::ApplyOutcome;
 use super::records::{self, Policy, Resolution, Side, Tombstone};
 use crate::pgp;
@@ -111,12 +112,18 @@ pub(super) fn apply_replace(
     if_match: Option<&str>,
     limits: &pgp::Limits,
 ) -> Result<ApplyOutcome, StoreError> {
-    let incoming = match parse_cert(bytes) {
-        Ok(c) => c,
+    let fpr = match primary_fingerprint(bytes) {
+        Ok(f) => f.0,
         Err(rejected) => return Ok(rejected),
     };
-    let fpr = incoming.fingerprint().as_bytes().to_vec();
-    let fingerprint = incoming.fingerprint().to_hex();
+    let fingerprint = hex::encode_upper(&fpr);
+    let incoming = Incoming {
+        fpr: &fpr,
+        bytes,
+        prepared: None,
+        limits,
+        time: ctx.c.time,
+    };
     let stored = batch.get_cert(&fpr)?;
     let current_version = version_or_tombstone(batch, &fpr, stored.as_ref())?;
     if let Some(tag) = if_match {
@@ -127,7 +134,7 @@ pub(super) fn apply_replace(
             });
         }
     }
-    let (cert, canonical) = match merge(None, incoming, limits) {
+    let row = match incoming.merge_into(None) {
         Ok(Some(x)) => x,
         Ok(None) => return Ok(ApplyOutcome::Unchanged { fingerprint }),
         Err(e) => {
@@ -142,7 +149,7 @@ pub(super) fn apply_replace(
     let version = ctx.next_version(&current_version, Some(base));
     let created = stored.as_ref().map(|r| r.created_at);
     if fresh {
-        store_cert(batch, ctx, &cert, canonical, created, version)?;
+        store_cert(batch, ctx, row, created, version)?;
         return Ok(ApplyOutcome::Replaced { fingerprint });
     }
     let cur = match &stored {
@@ -155,7 +162,7 @@ pub(super) fn apply_replace(
             actor: String::new(),
         },
     };
-    let inc = ctx.side(Some(canonical.clone()), Some(base));
+    let inc = ctx.side(Some(row.bytes.clone()), Some(base));
     match policy {
         Policy::Reject => Ok(ApplyOutcome::Stale {
             fingerprint,
@@ -165,10 +172,8 @@ pub(super) fn apply_replace(
         Policy::Merge | Policy::LastWriterWins => {
             let wins = stored.as_ref().is_none_or(|r| incoming_wins(ctx, r));
             if policy == Policy::Merge {
-                let merged = match merge(stored.as_ref().map(|r| r.cert.as_slice()), *cert, limits)
-                {
-                    Ok(Some(x)) => Some(x),
-                    Ok(None) => None,
+                let merged = match incoming.merge_into(stored.as_ref()) {
+                    Ok(merged) => merged,
                     Err(e) => {
                         return Ok(ApplyOutcome::Rejected {
                             fingerprint,
@@ -176,11 +181,11 @@ pub(super) fn apply_replace(
                         })
                     }
                 };
-                if let Some((c, b)) = merged {
-                    store_cert(batch, ctx, &c, b, created, version)?;
+                if let Some(merged) = merged {
+                    store_cert(batch, ctx, merged, created, version)?;
                 }
             } else if wins {
-                store_cert(batch, ctx, &cert, canonical, created, version)?;
+                store_cert(batch, ctx, row, created, version)?;
             }
             Ok(ctx.conflict(
                 batch,
@@ -242,8 +247,8 @@ pub(super) fn apply_resolve(
             } else {
                 None
             };
-            match merge(base, incoming, &limits) {
-                Ok(Some((cert, bytes))) => store_cert(batch, ctx, &cert, bytes, created, version)?,
+            match merged_row(base, incoming, &limits, ctx.c.time) {
+                Ok(Some(row)) => store_cert(batch, ctx, row, created, version)?,
                 Ok(None) => {}
                 Err(e) => return Ok(rejected(e.to_string())),
             }

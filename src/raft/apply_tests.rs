@@ -6,6 +6,7 @@ use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::serialize::MarshalInto;
 
 use super::*;
+use crate::raft::cert_row::Prepared;
 use crate::raft::command::CommandV1;
 use crate::raft::records::Policies;
 use crate::store::Store;
@@ -91,6 +92,28 @@ fn submit(cert: &[u8], base: VersionVector) -> Op {
         certs: vec![cert.to_vec()],
         limits: pgp::Limits::default(),
         bases: vec![base],
+        prepared: vec![],
+    }
+}
+
+/// A submission carrying the proposer's merge of `cert` into `base` (what `Keyserver::submit`
+/// sends), with `base_index` as the record it claims to have merged into.
+fn submit_prepared(
+    cert: &[u8],
+    version: VersionVector,
+    base: Option<&CertRecord>,
+    base_index: Option<u64>,
+    time: u64,
+) -> Op {
+    let limits = pgp::Limits::default();
+    let mut p = Prepared::compute(Cert::from_bytes(cert).unwrap(), cert, base, &limits, time)
+        .expect("merges");
+    p.base_index = base_index;
+    Op::Submit {
+        certs: vec![cert.to_vec()],
+        limits,
+        bases: vec![version],
+        prepared: vec![Some(p)],
     }
 }
 
@@ -282,6 +305,63 @@ fn a_delete_racing_an_update_wins_by_default_and_records_the_update() {
     assert!(
         c.current.cert.is_some(),
         "the update it overrode is kept in the record"
+    );
+}
+
+#[test]
+fn the_proposers_merge_stores_exactly_what_merging_in_apply_stores() {
+    let (fpr, a, b) = two_versions();
+    let (mut with, mut without) = (Node::new(), Node::new());
+    for (time, cert) in [(10, &a), (11, &b), (12, &a)] {
+        let base = with.store.get_cert(&fpr).unwrap();
+        let index = base.as_ref().map(|r| r.updated_index);
+        let version = with.version(&fpr);
+        let o1 = with.apply(
+            1,
+            time,
+            submit_prepared(cert, version.clone(), base.as_ref(), index, time),
+        );
+        let o2 = without.apply(1, time, submit(cert, version));
+        assert_eq!(o1, o2);
+    }
+    assert_eq!(with.uids(&fpr).len(), 2);
+    let (r1, r2) = (
+        with.store.get_cert(&fpr).unwrap().unwrap(),
+        without.store.get_cert(&fpr).unwrap().unwrap(),
+    );
+    assert_eq!(r1.cert, r2.cert);
+    assert_eq!(r1.summary, r2.summary);
+    assert_eq!(r1.terms, r2.terms);
+    assert_eq!(r1.version, r2.version);
+}
+
+#[test]
+fn apply_uses_the_proposers_merge_only_for_the_record_it_merged_into() {
+    let (fpr, a, b) = two_versions();
+    let mut n = Node::new();
+    n.apply(1, 10, submit(&a, VersionVector::default()));
+    let stored = n.store.get_cert(&fpr).unwrap().unwrap();
+    let v = n.version(&fpr);
+    // `b` merged into nothing, but claimed as merged into a record written at another index:
+    // apply ignores it and merges into what it holds (both user ids).
+    n.apply(
+        1,
+        11,
+        submit_prepared(&b, v.clone(), None, Some(stored.updated_index + 5), 11),
+    );
+    assert_eq!(n.uids(&fpr).len(), 2);
+    // The same claim naming the record's real index is taken as is: proof that apply used it
+    // rather than merging (which would have kept both user ids).
+    let mut m = Node::new();
+    m.apply(1, 10, submit(&a, VersionVector::default()));
+    m.apply(
+        1,
+        11,
+        submit_prepared(&b, v, None, Some(stored.updated_index), 11),
+    );
+    assert_eq!(
+        m.uids(&fpr),
+        vec!["Alice Work <alice@work.example>".to_string()]
     );
 }
 

@@ -53,6 +53,10 @@ pub enum Op {
         /// validated the request. Missing in old commands: no conflict check.
         #[serde(default)]
         bases: Vec<VersionVector>,
+        /// Per certificate (same order), the proposer's merge into the record it held, which
+        /// apply uses if it merges into the same record (see [`super::cert_row`]).
+        #[serde(default)]
+        prepared: Vec<Option<super::cert_row::Prepared>>,
     },
     /// Remove certificates by primary fingerprint (upper-case hex), leaving tombstones.
     Delete {
@@ -110,7 +114,16 @@ impl Command {
     pub fn payload_bytes(&self) -> usize {
         let Command::V1(c) = self;
         let certs = match &c.op {
-            Op::Submit { certs, .. } => certs.iter().map(Vec::len).sum(),
+            Op::Submit {
+                certs, prepared, ..
+            } => {
+                certs.iter().map(Vec::len).sum::<usize>()
+                    + prepared
+                        .iter()
+                        .flatten()
+                        .map(super::cert_row::Prepared::payload_bytes)
+                        .sum::<usize>()
+            }
             Op::Replace { cert, .. } => cert.len(),
             _ => 0,
         };

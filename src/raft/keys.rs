@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::admission::{Admission, JoinOutcome, JoinSpec};
+use super::cert_row::Prepared;
 use super::command::{ApplyOutcome, Command, CommandV1, Op, Response};
 use super::forward::LeaderForwarder;
 use super::records;
@@ -250,29 +251,53 @@ impl Keyserver {
         actor: &str,
     ) -> Result<(Vec<ItemReport>, u64), SubmitError> {
         let now = SystemTime::now();
+        let time = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let started = std::time::Instant::now();
-        let (clean, mut report) = tokio::task::spawn_blocking(move || prepare(&body, &limits, now))
+        let store = self.store.clone();
+        // Parse, clean, and merge into what this replica holds: all CPU-bound, so off the
+        // async threads. Apply reuses the merge where it merges into the same record.
+        let work = move || -> Result<_, SubmitError> {
+            let (clean, report) = prepare(&body, &limits, now).map_err(SubmitError::Refused)?;
+            let mut certs = Vec::with_capacity(clean.len());
+            let mut bases = Vec::with_capacity(clean.len());
+            let mut prepared = Vec::with_capacity(clean.len());
+            for c in clean {
+                let stored = store.get_cert(&c.fpr).map_err(RaftError::from)?;
+                bases.push(match &stored {
+                    Some(r) => r.version.clone(),
+                    None => records::read_tombstone(&store, &c.fpr)
+                        .map_err(RaftError::from)?
+                        .map(|t| t.version)
+                        .unwrap_or_default(),
+                });
+                prepared.push(Prepared::compute(
+                    c.cert,
+                    &c.bytes,
+                    stored.as_ref(),
+                    &limits,
+                    time,
+                ));
+                certs.push(c.bytes);
+            }
+            Ok((certs, bases, prepared, report, limits))
+        };
+        let (certs, bases, prepared, mut report, limits) = tokio::task::spawn_blocking(work)
             .await
-            .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))?
-            .map_err(SubmitError::Refused)?;
-        if clean.is_empty() {
+            .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))??;
+        if certs.is_empty() {
             return Err(SubmitError::NothingValid(report));
         }
-        let mut bases = Vec::with_capacity(clean.len());
-        for (fpr, _) in &clean {
-            bases.push(self.version_of(fpr)?);
-        }
-        let certs = clean.into_iter().map(|(_, c)| c).collect();
         let mut cmd = self.command(
             Op::Submit {
                 certs,
                 limits,
                 bases,
+                prepared,
             },
             actor,
         );
         let Command::V1(c) = &mut cmd;
-        c.time = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        c.time = time;
         let prepared = started.elapsed();
         let (resp, index) = self.commit(cmd).await?;
         tracing::debug!(?prepared, committed = ?started.elapsed() - prepared, index, "submit");
@@ -344,12 +369,12 @@ impl Keyserver {
             .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))?
             .map_err(SubmitError::Refused)?;
         let mut clean = clean.into_iter();
-        let (Some((fpr, cert)), None) = (clean.next(), clean.next()) else {
+        let (Some(c), None) = (clean.next(), clean.next()) else {
             return Err(SubmitError::NothingValid(report));
         };
-        let base = self.version_of(&fpr)?;
+        let base = self.version_of(&c.fpr)?;
         Ok(Op::Replace {
-            cert,
+            cert: c.bytes,
             base,
             if_match,
             limits,

@@ -3,7 +3,8 @@
 //!
 //! Entries are keyed by their big-endian index (the store does that) and encoded with
 //! [`crate::raft::codec`]. Durability: every write (append, vote, purge, truncate) is fsynced by
-//! the store before this module reports it done, and appends report to openraft's
+//! the store before this module reports it done (except the committed index, a hint openraft
+//! can lose), and appends report to openraft's
 //! `IOFlushed` callback only after that. Blocking RocksDB writes run on tokio's blocking pool,
 //! one at a time and in order (each is awaited before the next call can start).
 //!
@@ -113,9 +114,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
+    /// Not fsynced: it is on every write's path, and losing it in a crash only means the
+    /// restarted node applies up to the last committed index once a leader tells it again.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.blocking(move |s| meta::raft_put::<CommittedKey>(s, &committed))
-            .await
+        meta::raft_put_unsynced::<CommittedKey>(&self.store, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

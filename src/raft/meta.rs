@@ -69,6 +69,14 @@ pub fn raft_put<K: MetaKey>(store: &Store, value: &K::Value) -> io::Result<()> {
         .map_err(io::Error::other)
 }
 
+/// Write a raft-meta value without its own fsync (see [`Store::raft_meta_put_unsynced`]).
+pub fn raft_put_unsynced<K: MetaKey>(store: &Store, value: &K::Value) -> io::Result<()> {
+    let bytes = codec::encode(value)?;
+    store
+        .raft_meta_put_unsynced(K::KEY, &bytes)
+        .map_err(io::Error::other)
+}
+
 /// Read a state-machine-meta value.
 pub fn sm_get<K: MetaKey>(store: &Store) -> io::Result<Option<K::Value>> {
     let raw = store.sm_meta_get(K::KEY).map_err(io::Error::other)?;

@@ -28,6 +28,7 @@ pub mod admission;
 pub mod apply;
 mod apply_admin;
 pub mod auto_remove;
+pub mod cert_row;
 pub mod codec;
 pub mod command;
 pub mod conflicts;

@@ -28,6 +28,7 @@ fn submit(bytes: &[u8]) -> Op {
         certs: vec![bytes.to_vec()],
         limits: crate::pgp::Limits::default(),
         bases: vec![VersionVector::default()],
+        prepared: vec![],
     }
 }
 
@@ -120,6 +121,7 @@ fn a_signature_is_used_once_and_its_replay_is_refused_and_audited() {
         certs: vec![bytes.clone()],
         limits: crate::pgp::Limits::default(),
         bases: vec![tomb.version],
+        prepared: vec![],
     };
     n.index += 1;
     apply_command(&mut b, &cmd(n.index, T + 20, back, None), n.index).unwrap();

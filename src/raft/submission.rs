@@ -126,9 +126,17 @@ pub(super) fn item_report(o: ApplyOutcome) -> ItemReport {
     }
 }
 
+/// A cleaned certificate, parsed and serialized.
+pub(super) struct CleanCert {
+    /// Primary fingerprint (binary).
+    pub fpr: Vec<u8>,
+    pub cert: sequoia_openpgp::Cert,
+    /// Canonical binary serialization of `cert`.
+    pub bytes: Vec<u8>,
+}
+
 /// Parse and clean a submission (CPU-bound; runs on a blocking thread).
-/// Cleaned certificates as (primary fingerprint bytes, canonical binary).
-type Cleaned = Vec<(Vec<u8>, Vec<u8>)>;
+type Cleaned = Vec<CleanCert>;
 
 pub(super) fn prepare(
     body: &[u8],
@@ -151,10 +159,11 @@ pub(super) fn prepare(
         };
         let fingerprint = cert.fingerprint().to_hex();
         let fpr = cert.fingerprint().as_bytes().to_vec();
-        match pgp::clean(cert, limits, now)
-            .and_then(|c| c.to_vec().map_err(|e| PgpError::Invalid(e.to_string())))
-        {
-            Ok(bytes) => clean.push((fpr, bytes)),
+        match pgp::clean(cert, limits, now).and_then(|c| {
+            let bytes = c.to_vec().map_err(|e| PgpError::Invalid(e.to_string()))?;
+            Ok((c, bytes))
+        }) {
+            Ok((cert, bytes)) => clean.push(CleanCert { fpr, cert, bytes }),
             Err(e) => report.push(ItemReport {
                 fingerprint,
                 status: Status::Rejected,

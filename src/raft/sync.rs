@@ -179,7 +179,75 @@ const SYNC_WAIT: Duration = Duration::from_secs(30);
 /// How long a sync waits for the targets to catch up before answering.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
+/// A member joining with no data replays the log from its start unless the log is purged;
+/// beyond this many entries the leader sends it a snapshot instead (see
+/// [`RaftNode::prepare_for_joiner`]). A bulk import's entry carries hundreds of certificates,
+/// so even a few hundred entries can be minutes of replay against a snapshot of seconds.
+pub const JOIN_REPLAY_MAX: u64 = 64;
+
 impl RaftNode {
+    /// Build a snapshot of the applied state (waiting for it, bounded) and purge the log up to
+    /// it, but not beyond `limit`. Returns the snapshot's index.
+    async fn snapshot_and_purge(&self, limit: u64) -> Result<u64, RaftError> {
+        let raft = self.openraft();
+        let fatal = |e: openraft::errors::Fatal<_>| RaftError::Fatal(e.to_string());
+        let want = self.status().applied_index.unwrap_or(0);
+        raft.trigger().snapshot().await.map_err(fatal)?;
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        let index = loop {
+            if let Some(i) = self.status().snapshot_index.filter(|i| *i >= want) {
+                break i;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RaftError::Timeout(format!(
+                    "snapshot at {want} not built within {SYNC_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        raft.trigger()
+            .purge_log(index.min(limit))
+            .await
+            .map_err(fatal)?;
+        Ok(index)
+    }
+
+    /// Leader only, before adding a member with no data: if it would replay more than
+    /// [`JOIN_REPLAY_MAX`] log entries, build a snapshot and purge the log up to it, so
+    /// openraft sends the member the snapshot and then only the entries after it. The purge
+    /// never passes an entry another member still lacks, so nobody else is pushed to a
+    /// snapshot. Returns the snapshot index when one was arranged.
+    pub async fn prepare_for_joiner(&self) -> Result<Option<u64>, RaftError> {
+        let s = self.status();
+        if s.state != "Leader" {
+            return Err(RaftError::NotLeader { leader: s.leader });
+        }
+        let purged = s.purged_index.unwrap_or(0);
+        let replay = s.last_log_index.unwrap_or(0).saturating_sub(purged);
+        if replay <= JOIN_REPLAY_MAX {
+            return Ok(None);
+        }
+        let slowest = s
+            .matched
+            .iter()
+            .filter(|(id, _)| **id != s.id)
+            .map(|(_, m)| m.unwrap_or(0))
+            .min()
+            .unwrap_or(u64::MAX);
+        if slowest <= purged {
+            // Someone else needs the entries the joiner would skip; it replays the log.
+            return Ok(None);
+        }
+        let index = self.snapshot_and_purge(slowest).await?;
+        tracing::info!(
+            snapshot = index,
+            purged_upto = index.min(slowest),
+            skipped = replay,
+            "join: the new member starts from a snapshot instead of replaying the log"
+        );
+        Ok(Some(index))
+    }
+
     /// Leader only: push replication to `target` (every other member when `None`) now, and with
     /// `snapshot` build a snapshot and purge the log up to it so a far-behind member installs
     /// the snapshot. Waits (up to 10 s) for the targets to match the leader's last entry.
@@ -210,25 +278,8 @@ impl RaftNode {
             .map_err(fatal)?;
         let (mut snapshot_index, mut purged_upto) = (None, None);
         if snapshot {
-            let want = s.applied_index.unwrap_or(0);
-            raft.trigger().snapshot().await.map_err(fatal)?;
-            let deadline = tokio::time::Instant::now() + SYNC_WAIT;
-            loop {
-                let now = self.status();
-                if now.snapshot_index.is_some_and(|i| i >= want) {
-                    snapshot_index = now.snapshot_index;
-                    break;
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(RaftError::Timeout(format!(
-                        "snapshot at {want} not built within {SYNC_WAIT:?}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let upto = snapshot_index.unwrap_or(0);
-            raft.trigger().purge_log(upto).await.map_err(fatal)?;
-            purged_upto = Some(upto);
+            let upto = self.snapshot_and_purge(u64::MAX).await?;
+            (snapshot_index, purged_upto) = (Some(upto), Some(upto));
             tracing::info!(snapshot = upto, "sync: snapshot built, log purged up to it");
         }
         raft.trigger().heartbeat().await.map_err(fatal)?;

@@ -216,6 +216,14 @@ impl Store {
         Ok(())
     }
 
+    /// Write a Raft metadata value without its own fsync: for values that may be lost in a
+    /// crash (the committed index, which openraft re-learns). The next synced write (an
+    /// append) makes it durable too: the WAL is shared and synced in order.
+    pub fn raft_meta_put_unsynced(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf(self.cf(CF_RAFT_META), key, value)?;
+        Ok(())
+    }
+
     /// Read a state-machine metadata value.
     pub fn sm_meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_SM_META), key)?)

@@ -148,3 +148,58 @@ fn a_late_joiner_installs_a_snapshot_and_matches_the_others() {
         assert!(served(m, &more[0].0, index), "{}", m.name);
     }
 }
+
+#[test]
+fn with_default_settings_a_joiner_starts_from_a_snapshot_not_a_long_log() {
+    let t = TestDir::new();
+    let mut members = start_cluster(&t, &["n1", "n2", "n3"], |s| s);
+
+    tracing_phase(
+        "import the Debian keyring in batches of 10: over a hundred entries, no snapshot yet",
+    );
+    let out = Command::new(BIN)
+        .args(["import", "--quiet", "--batch", "10", "--server"])
+        .arg(members[0].http.to_string())
+        .arg(DEBIAN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leader = leader_of(&members.iter().collect::<Vec<_>>());
+    let c = members[leader].json("/cluster/consensus").unwrap();
+    assert!(
+        index_in(&c["snapshot"]).is_none() && index_in(&c["purged"]).is_none(),
+        "the default policy (a snapshot every 10,000 entries) has not snapshotted yet: {c}"
+    );
+    let count = members[leader].stats()["certificates"].as_u64().unwrap();
+    assert!(count > 900, "{count}");
+
+    tracing_phase("n4 joins: the leader snapshots and purges, n4 installs the snapshot");
+    let n4 = t.spec("n4").join(&[members[1].http]).start();
+    n4.wait_ready();
+    let fresh = generated_certs(1, "after-join");
+    let r = members[0].post(&fresh[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    assert!(served(&n4, &fresh[0].0, index), "n4 caught up");
+    let c = n4.json("/cluster/consensus").expect("consensus state");
+    assert!(
+        index_in(&c["snapshot"]).is_some_and(|s| s > 64),
+        "n4 started from a snapshot: {c}"
+    );
+    assert_eq!(n4.stats()["certificates"].as_u64().unwrap(), count + 1);
+    let leader = leader_of(&members.iter().collect::<Vec<_>>());
+    let c = members[leader].json("/cluster/consensus").unwrap();
+    assert!(
+        index_in(&c["purged"]).is_some_and(|p| p > 64),
+        "the leader purged the log the joiner skipped: {c}"
+    );
+    members.push(n4);
+    for m in &members {
+        assert!(served(m, &fresh[0].0, index), "{}", m.name);
+    }
+}
