@@ -22,7 +22,11 @@ runs; each write run uses a fresh cluster so every submission is a new certifica
      Three ways: from the Raft log holding import batches of 200 certificates (default
      settings), from a log of one certificate per entry, and by installing a snapshot (small
      snapshot/log-retention settings, log purged);
-  6. with mTLS between nodes (`keyraft cert`): 1-client write latency and 64-client throughput.
+  6. with mTLS between nodes (`keyraft cert`): 1-client write latency and 64-client throughput;
+  7. (`--only budget`) lookups when every node has a fixed CPU budget (`--cpu-per-node`, a
+     cgroup v1 CPU quota per node process), as if each ran on its own small machine: wrk
+     against 1, 2, ... N nodes of one cluster. On a 2-core machine this is the only way to see
+     whether serving lookups scales with nodes: unbudgeted, the nodes and wrk share two cores.
 
 Every write is a committed Raft entry (fsynced on a majority, applied before the answer).
 Nothing is measured while a cargo or rustc process runs: a background watcher polls for them,
@@ -374,6 +378,34 @@ class Cluster:
 # Measurements
 # ---------------------------------------------------------------------------------------------
 
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
+
+
+def cap_cpu(pid, cores):
+    """Put process `pid` (all its threads) in a new cgroup v1 CPU group limited to `cores`."""
+    d = os.path.join(CGROUP_CPU, f"keyraft-bench-{pid}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "cpu.cfs_period_us"), "w") as f:
+        f.write("100000")
+    with open(os.path.join(d, "cpu.cfs_quota_us"), "w") as f:
+        f.write(str(int(cores * 100000)))
+    with open(os.path.join(d, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+    return d
+
+
+def uncap_cpu(d):
+    """Remove a group made by cap_cpu once its process has exited (bounded wait)."""
+    for _ in range(50):
+        try:
+            os.rmdir(d)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def pct(sorted_values, p):
     if not sorted_values:
         return float("nan")
@@ -612,6 +644,8 @@ def main():
     ap.add_argument("--catchup-modes", default="log,log1,snapshot",
                     help="catch-up modes: log, log1, snapshot, snapshot200 (batches of 200, snapshot every "
                          "50 entries: for large --generate data sets)")
+    ap.add_argument("--cpu-per-node", type=float, default=0.25,
+                    help="CPU quota per node process (cores) for --only budget")
     ap.add_argument("--log", default="warn", help="RUST_LOG for the nodes")
     ap.add_argument("--failover-limit", type=int, default=60,
                     help="seconds after the kill during which new write attempts are started")
@@ -715,6 +749,36 @@ def run(a):
                 os.unlink(lua)
             L = {"one": med([x["rps"] for x in one]), "all": med([y["rps"] for y in allr]),
                  "one_p99": [x["p99"][0] for x in one], "all_p99": [y["p99"] for y in allr]}
+
+    B = {}
+    if "budget" in only:
+        print(f"\n== lookups with a CPU budget of {a.cpu_per_node} core per node (cgroup quota), "
+              f"op=get over debian-keyring.gpg, wrk ==", flush=True)
+        groups = []
+        with Cluster(a.binary, N) as c:
+            try:
+                n = meas("load for budget", lambda: c.load([KEYRING]))
+                print(f"  loaded {n} certificates, all replicas equal", flush=True)
+                groups = [cap_cpu(m.proc.pid, a.cpu_per_node) for m in c.nodes]
+                lua = wrk_lua([f"/pks/lookup?op=get&options=mr&search=0x{f}" for f, _ in keyring_certs])
+                try:
+                    for k in range(1, N + 1):
+                        runs = []
+                        for r in range(a.repeat):
+                            x = meas(f"wrk {k} nodes", lambda: wrk_parallel([m.http for m in c.nodes[:k]], lua,
+                                                                              a.duration, 16, 1))
+                            print(f"  {k} node(s), one wrk -t1 -c16 each, run {r + 1}: {x['rps']:,.0f} req/s = "
+                                  + " + ".join(f"{v:,.0f}" for v in x["each"])
+                                  + f", p99 {x['p99']}, non-2xx {x['non2xx']}", flush=True)
+                            runs.append(x["rps"])
+                        B[k] = med(runs)
+                finally:
+                    os.unlink(lua)
+            finally:
+                for m in c.nodes:
+                    m.stop()
+                for d in groups:
+                    uncap_cpu(d)
 
     F = {}
     for batch in ([None, 1] if "failover" in only and N >= 3 else []):
@@ -848,6 +912,9 @@ def run(a):
         print(f"  mTLS / plaintext, 64 clients -> leader, throughput: {r(W[(True, 64, 'leader')]['rate'], W[(False, 64, 'leader')]['rate']):.2f}")
     if L:
         print(f"  lookups, {N} nodes / 1 node: {r(L['all'], L['one']):.2f}")
+    for k in sorted(B):
+        print(f"  lookups with {a.cpu_per_node} core per node, {k} node(s): {B[k]:,.0f} req/s, "
+              f"{r(B[k], B[1]):.2f} x one node")
 
 
 if __name__ == "__main__":

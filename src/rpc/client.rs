@@ -61,6 +61,8 @@ impl GrpcTransport {
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(super::STREAM_WINDOW))
+            .initial_connection_window_size(Some(super::CONNECTION_WINDOW))
             .local_address(self.source_ip);
         if let Some(tls) = &self.tls {
             e = e.tls_config(tls.client(name)).map_err(|e| e.to_string())?;

@@ -18,6 +18,12 @@ pub mod proto {
 
 use crate::raft::RaftRpc;
 
+/// HTTP/2 flow-control window per stream, both directions: an append of up to 8 MiB goes out
+/// without waiting for window updates.
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection (all streams to one peer).
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Wire number of a Raft RPC kind.
 pub(crate) fn kind_number(rpc: RaftRpc) -> u32 {
     match rpc {

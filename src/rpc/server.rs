@@ -277,7 +277,11 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let raft = keys.raft().clone();
     let incoming = tokio_stream_from(listener);
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2's default 64 KiB windows make a large append wait for the receiver's window
+    // updates several times over (each a scheduling round trip on a busy machine).
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(super::STREAM_WINDOW))
+        .initial_connection_window_size(Some(super::CONNECTION_WINDOW));
     if let Some(t) = tls {
         builder = builder.tls_config(t.server())?;
     }
