@@ -193,6 +193,7 @@ impl Node {
                 write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
                 limits: config.limits.to_limits()?,
                 admin_token,
+                admin_cert_names: cluster.admin_cert_names.clone(),
                 admin_keys: Arc::new(match &cluster.admin_keyring {
                     Some(p) => {
                         let bytes = std::fs::read(p).with_context(|| {
@@ -216,6 +217,7 @@ impl Node {
             tls_listen: config.hkp.tls_listen,
             tls_cert: config.hkp.tls_cert.clone(),
             tls_key: config.hkp.tls_key.clone(),
+            tls_client_ca: config.hkp.tls_client_ca.clone(),
             workers,
             request_timeout: Duration::from_secs(config.hkp.client_timeout_secs),
             keep_alive: Duration::from_secs(config.hkp.client_timeout_secs),

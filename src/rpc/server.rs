@@ -16,7 +16,8 @@ use super::proto::{
     LeaveRequest, PingReply, PingRequest, RaftCall, RaftReply, ReadIndexReply, ReadIndexRequest,
     RebuildReply, RebuildRequest, SnapshotChunk,
 };
-use super::tls::{peer_names, ClusterTls};
+use super::tls::ClusterTls;
+use crate::certname::peer_names;
 use crate::raft::command::Command;
 use crate::raft::{JoinSpec, Keyserver, RaftError, RaftNode};
 
