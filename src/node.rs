@@ -250,7 +250,7 @@ impl Node {
             _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = removed(&self.keys) => {
-                tracing::warn!("this node was removed from the cluster: stopping");
+                tracing::warn!("this node left the cluster: stopping");
             }
         }
         handle.stop(true).await;
@@ -264,19 +264,25 @@ impl Node {
     }
 }
 
-/// Resolves once this node has left through a leave call it answered, or, having been a
-/// member, sees a membership without itself, so a removed node stops instead of disturbing the
-/// cluster with elections. (A node removed through another member may never see the final
-/// membership; operators stop it, see docs/operations.md.)
+/// Resolves once this node has left through a leave call it answered (it stops then, as the
+/// caller asked). A node removed through another member is not stopped: when the membership it
+/// applied no longer lists it, it marks itself removed (the leader's notice usually does so
+/// first, see [`crate::raft::removal`]) and keeps answering with 503 until an operator stops it.
 async fn removed(keys: &Keyserver) {
     let raft = keys.raft();
     let mut was_member = false;
     loop {
-        let member = raft.members().iter().any(|m| m.id == raft.id());
-        if keys.has_left() || (was_member && !member) {
+        if keys.has_left() {
             // Let the HTTP answer of the leave reach its client first.
             tokio::time::sleep(Duration::from_millis(300)).await;
             return;
+        }
+        let member = raft.members().iter().any(|m| m.id == raft.id());
+        if was_member && !member && keys.removal().is_none() {
+            keys.mark_removed(
+                raft.status().leader.filter(|l| *l != raft.id()),
+                "the membership this node applied no longer lists it",
+            );
         }
         was_member |= member;
         tokio::time::sleep(Duration::from_millis(500)).await;
