@@ -51,6 +51,9 @@ pub enum Command {
         /// PEM private key for hkps (overrides hkp.tls_key).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// PEM bundle of the CA issuing hkps client certificates (overrides hkp.tls_client_ca).
+        #[arg(long)]
+        tls_client_ca: Option<PathBuf>,
         /// This node's unique name (overrides cluster.name; default: the host name).
         #[arg(long)]
         name: Option<String>,
@@ -81,6 +84,10 @@ pub enum Command {
         /// cluster.admin_token_file).
         #[arg(long)]
         admin_token_file: Option<PathBuf>,
+        /// Names of hkps client certificates allowed to make mutating /cluster calls,
+        /// comma-separated (overrides cluster.admin_cert_names; needs --tls-client-ca).
+        #[arg(long, value_delimiter = ',')]
+        admin_cert_names: Vec<String>,
     },
     /// Create the cluster CA and node certificates for mTLS between nodes.
     Cert {
@@ -176,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             tls_listen,
             tls_cert,
             tls_key,
+            tls_client_ca,
             name,
             raft_listen,
             advertise,
@@ -185,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_plaintext,
             source_ip,
             admin_token_file,
+            admin_cert_names,
         } => {
             let mut c = Config::load_unvalidated(config.as_deref(), std::env::vars())?;
             c.node.data_dir = data_dir.unwrap_or(c.node.data_dir);
@@ -192,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             c.hkp.tls_listen = tls_listen.or(c.hkp.tls_listen);
             c.hkp.tls_cert = tls_cert.or(c.hkp.tls_cert);
             c.hkp.tls_key = tls_key.or(c.hkp.tls_key);
+            c.hkp.tls_client_ca = tls_client_ca.or(c.hkp.tls_client_ca);
             c.cluster.name = name.unwrap_or(c.cluster.name);
             c.cluster.raft_listen = raft_listen.or(c.cluster.raft_listen);
             c.cluster.advertise = advertise.or(c.cluster.advertise);
@@ -203,6 +213,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             c.cluster.insecure_plaintext |= insecure_plaintext;
             c.cluster.source_ip = source_ip.or(c.cluster.source_ip);
             c.cluster.admin_token_file = admin_token_file.or(c.cluster.admin_token_file);
+            if !admin_cert_names.is_empty() {
+                c.cluster.admin_cert_names = admin_cert_names;
+            }
             c.validate()?;
             serve(c)
         }

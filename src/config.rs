@@ -51,8 +51,13 @@ pub struct ClusterConfig {
     pub insecure_plaintext: bool,
     /// Local IP that outgoing node-to-node connections bind (default: chosen by the kernel).
     pub source_ip: Option<IpAddr>,
-    /// File holding the bearer token for mutating `/cluster` calls (unset: they are refused).
+    /// File holding the bearer token for mutating `/cluster` calls (unset: the token is not
+    /// accepted).
     pub admin_token_file: Option<PathBuf>,
+    /// Names (DNS SANs) of hkps client certificates, issued by `hkp.tls_client_ca`, that may
+    /// make mutating `/cluster` calls instead of the admin token. Needs `hkp.tls_listen` and
+    /// `hkp.tls_client_ca`.
+    pub admin_cert_names: Vec<String>,
     /// Most voters; further nodes stay learners and serve reads.
     pub max_voters: usize,
     /// Seconds after which the leader removes a member it has not heard from (0: never). A
@@ -78,6 +83,7 @@ impl Default for ClusterConfig {
             insecure_plaintext: false,
             source_ip: None,
             admin_token_file: None,
+            admin_cert_names: Vec::new(),
             max_voters: 5,
             auto_remove_after: 0,
             admin_keyring: None,
@@ -118,6 +124,9 @@ pub struct HkpConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for hkps.
     pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) whose client certificates hkps accepts (admin certificates, see
+    /// `cluster.admin_cert_names`). A client certificate is asked for but never required.
+    pub tls_client_ca: Option<PathBuf>,
     /// Most certificates one lookup returns.
     pub result_limit: usize,
     /// Largest accepted `/pks/add` body in bytes (413 above).
@@ -139,6 +148,7 @@ impl Default for HkpConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             result_limit: 100,
             max_body_bytes: 8 << 20,
             write_timeout_secs: 30,
@@ -244,7 +254,7 @@ pub enum ConfigError {
 
 /// Keys whose environment value is a comma-separated list (`a:1,b:2`) unless written as a
 /// TOML array.
-const LIST_KEYS: &[(&str, &str)] = &[("cluster", "join")];
+const LIST_KEYS: &[(&str, &str)] = &[("cluster", "join"), ("cluster", "admin_cert_names")];
 /// Keys whose environment value is always a string, even when it looks like a number.
 const STRING_KEYS: &[(&str, &str)] = &[("cluster", "name"), ("cluster", "advertise")];
 
@@ -343,6 +353,29 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "hkp.tls_listen needs hkp.tls_cert and hkp.tls_key".into(),
             ));
+        }
+        if self.hkp.tls_client_ca.is_some() && self.hkp.tls_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "hkp.tls_client_ca needs hkp.tls_listen (client certificates come over hkps)"
+                    .into(),
+            ));
+        }
+        if !self.cluster.admin_cert_names.is_empty()
+            && (self.hkp.tls_client_ca.is_none() || self.hkp.tls_listen.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "cluster.admin_cert_names needs hkp.tls_listen and hkp.tls_client_ca (the CA that issues admin client certificates)".into(),
+            ));
+        }
+        if let Some(n) = self
+            .cluster
+            .admin_cert_names
+            .iter()
+            .find(|n| n.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.admin_cert_names holds an empty name ({n:?})"
+            )));
         }
         if self.raft.election_min_ms >= self.raft.election_max_ms
             || self.raft.heartbeat_ms >= self.raft.election_min_ms
@@ -455,6 +488,40 @@ mod tests {
         assert!(load_str("[limits]\nthird_party = \"some\"\n", vec![]).is_err());
         assert!(load_str("[hkp]\ntls_listen = \"127.0.0.1:1\"\n", vec![]).is_err());
         assert!(load_str("[hkp]\nlisten = \"not an address\"\n", vec![]).is_err());
+    }
+
+    #[test]
+    fn admin_cert_names_need_hkps_with_a_client_ca() {
+        let hkps =
+            "[hkp]\ntls_listen = \"127.0.0.1:1\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let names = "[cluster]\nadmin_cert_names = [\"ops-alice\"]\n";
+        let e = load_str(names, vec![]).unwrap_err();
+        assert!(
+            e.to_string().contains("admin_cert_names needs")
+                && e.to_string().contains("hkp.tls_client_ca")
+                && !e.to_string().contains('\n'),
+            "{e}"
+        );
+        let e = load_str(&format!("{hkps}{names}"), vec![]).unwrap_err();
+        assert!(e.to_string().contains("admin_cert_names needs"), "{e}");
+        let e = load_str("[hkp]\ntls_client_ca = \"ca.pem\"\n", vec![]).unwrap_err();
+        assert!(e.to_string().contains("tls_client_ca needs"), "{e}");
+        let ok = format!("{hkps}tls_client_ca = \"ca.pem\"\n{names}");
+        let c = load_str(&ok, vec![]).unwrap();
+        assert_eq!(c.cluster.admin_cert_names, vec!["ops-alice"]);
+        assert_eq!(c.hkp.tls_client_ca, Some(PathBuf::from("ca.pem")));
+        let c = load_str(
+            &format!("{hkps}tls_client_ca = \"ca.pem\"\n"),
+            vec![("KEYRAFT_CLUSTER__ADMIN_CERT_NAMES", "ops-alice, ops-bob")],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.admin_cert_names, vec!["ops-alice", "ops-bob"]);
+        let e = load_str(
+            &format!("{hkps}tls_client_ca = \"ca.pem\"\n[cluster]\nadmin_cert_names = [\"\"]\n"),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("empty name"), "{e}");
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Node {
                 write_timeout: Duration::from_secs(config.hkp.write_timeout_secs),
                 limits: config.limits.to_limits()?,
                 admin_token,
+                admin_cert_names: cluster.admin_cert_names.clone(),
                 admin_keys: Arc::new(match &cluster.admin_keyring {
                     Some(p) => {
                         let bytes = std::fs::read(p).with_context(|| {
@@ -216,6 +217,7 @@ impl Node {
             tls_listen: config.hkp.tls_listen,
             tls_cert: config.hkp.tls_cert.clone(),
             tls_key: config.hkp.tls_key.clone(),
+            tls_client_ca: config.hkp.tls_client_ca.clone(),
             workers,
             request_timeout: Duration::from_secs(config.hkp.client_timeout_secs),
             keep_alive: Duration::from_secs(config.hkp.client_timeout_secs),
@@ -248,7 +250,7 @@ impl Node {
             _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = removed(&self.keys) => {
-                tracing::warn!("this node was removed from the cluster: stopping");
+                tracing::warn!("this node left the cluster: stopping");
             }
         }
         handle.stop(true).await;
@@ -262,19 +264,25 @@ impl Node {
     }
 }
 
-/// Resolves once this node has left through a leave call it answered, or, having been a
-/// member, sees a membership without itself, so a removed node stops instead of disturbing the
-/// cluster with elections. (A node removed through another member may never see the final
-/// membership; operators stop it, see docs/operations.md.)
+/// Resolves once this node has left through a leave call it answered (it stops then, as the
+/// caller asked). A node removed through another member is not stopped: when the membership it
+/// applied no longer lists it, it marks itself removed (the leader's notice usually does so
+/// first, see [`crate::raft::removal`]) and keeps answering with 503 until an operator stops it.
 async fn removed(keys: &Keyserver) {
     let raft = keys.raft();
     let mut was_member = false;
     loop {
-        let member = raft.members().iter().any(|m| m.id == raft.id());
-        if keys.has_left() || (was_member && !member) {
+        if keys.has_left() {
             // Let the HTTP answer of the leave reach its client first.
             tokio::time::sleep(Duration::from_millis(300)).await;
             return;
+        }
+        let member = raft.members().iter().any(|m| m.id == raft.id());
+        if was_member && !member && keys.removal().is_none() {
+            keys.mark_removed(
+                raft.status().leader.filter(|l| *l != raft.id()),
+                "the membership this node applied no longer lists it",
+            );
         }
         was_member |= member;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -94,7 +94,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let b: DeleteBody = parse(&body)?;
     let fpr = b.fingerprint.trim_start_matches("0x").to_uppercase();
     if pgp::Fingerprint::from_hex(&fpr).is_none() {
@@ -104,7 +104,7 @@ pub async fn delete(
     }
     let (report, index) = state
         .keys
-        .delete(vec![fpr], if_match(&req), &b.reason, "admin-token")
+        .delete(vec![fpr], if_match(&req), &b.reason, &actor)
         .await?;
     Ok(respond(&req, &report, index))
 }
@@ -115,18 +115,13 @@ pub async fn replace(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     if body.len() > state.settings.max_body_bytes {
         return Err(ApiError::TooLarge(state.settings.max_body_bytes));
     }
     let (report, index) = state
         .keys
-        .replace(
-            body.to_vec(),
-            state.settings.limits,
-            if_match(&req),
-            "admin-token",
-        )
+        .replace(body.to_vec(), state.settings.limits, if_match(&req), &actor)
         .await?;
     Ok(respond(&req, &report, index))
 }

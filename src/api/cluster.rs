@@ -10,13 +10,17 @@ use super::AppState;
 /// A member the leader has not heard from for this long is reported unreachable.
 const UNREACHABLE_AFTER_MS: u64 = 3_000;
 
-/// This node: id, name, role, term, leader, commit and applied index, members.
+/// This node: id, name, role, term, leader, commit and applied index, members, and whether
+/// another member removed it (`removed`, with `removal`: who and why).
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let raft = state.keys.raft();
+    let removal = state.keys.removal();
     HttpResponse::Ok().json(json!({
         "node": raft.me(),
         "status": raft.status(),
         "members": raft.members(),
+        "removed": removal.is_some(),
+        "removal": removal,
     }))
 }
 

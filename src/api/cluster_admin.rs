@@ -1,12 +1,14 @@
 //! Mutating cluster calls: `POST /cluster/join` (authenticated by the cluster secret in the
-//! body, like a joining node) and `POST /cluster/leave` (authenticated by the admin bearer
-//! token). Both are executed by the leader; a follower forwards them.
+//! body, like a joining node) and `POST /cluster/leave` (an administrator: see [`authorize`],
+//! the one admin check every mutating `/cluster` call uses). Both are executed by the leader;
+//! a follower forwards them.
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::AppState;
+use super::server::ClientCertNames;
+use super::{ApiSettings, AppState};
 use crate::raft::JoinSpec;
 
 /// Largest JSON body these calls accept.
@@ -17,29 +19,62 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Check `Authorization: Bearer <admin token>`.
-pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(token) = &state.settings.admin_token else {
-        return Err(ApiError::Unauthorized(
-            "no admin token is configured on this node (cluster.admin_token_file)".into(),
-        ));
-    };
+/// The ways of authenticating as an administrator this node offers, for refusals.
+fn admin_ways(settings: &ApiSettings) -> String {
+    let mut ways = Vec::new();
+    if settings.admin_token.is_some() {
+        ways.push("Authorization: Bearer <admin token>");
+    }
+    if !settings.admin_cert_names.is_empty() {
+        ways.push("an admin client certificate over hkps");
+    }
+    if ways.is_empty() {
+        "this node accepts no admin credentials (configure cluster.admin_token_file or \
+         cluster.admin_cert_names)"
+            .into()
+    } else {
+        format!("this node accepts {}", ways.join(" or "))
+    }
+}
+
+/// The one admin check for mutating `/cluster` calls: the request carries the admin token
+/// (`Authorization: Bearer <token>`), or came over hkps with a verified client certificate whose
+/// name is in `cluster.admin_cert_names`. Returns the actor for the audit trail:
+/// `admin-token`, or `cert:NAME`. Refusals are 401 with one line naming what was wrong and
+/// the ways this node accepts.
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+    let settings = &state.settings;
     let given = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => {
-            tracing::warn!(peer = ?req.peer_addr(), path = req.path(), "refused: wrong admin token");
-            Err(ApiError::Unauthorized("wrong admin token".into()))
+    if let (Some(g), Some(token)) = (given, &settings.admin_token) {
+        if same(g.as_bytes(), token.as_bytes()) {
+            return Ok("admin-token".into());
         }
-        None => Err(ApiError::Unauthorized(
-            "missing Authorization: Bearer <admin token>".into(),
-        )),
     }
+    let cert = req.conn_data::<ClientCertNames>();
+    if let Some(ClientCertNames(names)) = cert {
+        if let Some(n) = names.iter().find(|n| settings.admin_cert_names.contains(n)) {
+            return Ok(format!("cert:{n}"));
+        }
+    }
+    let ways = admin_ways(settings);
+    let problem = match (given, cert) {
+        (Some(_), _) => {
+            tracing::warn!(peer = ?req.peer_addr(), path = req.path(), "refused: wrong admin token");
+            "wrong admin token".to_string()
+        }
+        (None, Some(ClientCertNames(names))) => {
+            tracing::warn!(peer = ?req.peer_addr(), path = req.path(), ?names,
+                "refused: client certificate not in cluster.admin_cert_names");
+            format!("the client certificate names {names:?}, none of them an admin")
+        }
+        (None, None) => "no admin credentials".to_string(),
+    };
+    Err(ApiError::Unauthorized(format!("{problem}; {ways}")))
 }
 
 /// The member named by `id` or `name` (neither: the node answering); 404 if none.
@@ -99,7 +134,7 @@ pub async fn leave(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let b: LeaveBody = if body.iter().all(u8::is_ascii_whitespace) {
         LeaveBody::default()
     } else {
@@ -107,6 +142,7 @@ pub async fn leave(
     };
     let raft = state.keys.raft();
     let id = member_id(raft, b.id, b.name.as_deref())?;
+    tracing::info!(node_id = id, %actor, "leave requested");
     let removed = state.keys.leave(id).await?;
     Ok(HttpResponse::Ok().json(json!({ "removed": removed })))
 }

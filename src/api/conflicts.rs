@@ -88,7 +88,7 @@ pub async fn resolve(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let id = conflict_id(&path)?;
     let b: ResolveBody = parse(&body)?;
     if !["current", "incoming", "merge"].contains(&b.choose.as_str()) {
@@ -101,7 +101,7 @@ pub async fn resolve(
         choose: b.choose,
         note: b.note,
     };
-    let (outcomes, index) = state.keys.propose(op, "admin-token").await?;
+    let (outcomes, index) = state.keys.propose(op, &actor).await?;
     match outcomes.first() {
         Some(crate::raft::command::ApplyOutcome::Resolved { id, .. }) => Ok(HttpResponse::Ok()
             .insert_header(("X-Keyraft-Log-Index", index.to_string()))
@@ -131,7 +131,7 @@ pub async fn set_policies(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let patch: serde_json::Map<String, serde_json::Value> = parse(&body)?;
     let mut current = serde_json::to_value(state.keys.policies()?)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -145,7 +145,7 @@ pub async fn set_policies(
         .map_err(|e| ApiError::BadRequest(format!("bad policy: {e}")))?;
     let (_, index) = state
         .keys
-        .propose(Op::SetPolicies { policies }, "admin-token")
+        .propose(Op::SetPolicies { policies }, &actor)
         .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("X-Keyraft-Log-Index", index.to_string()))

@@ -2,6 +2,8 @@
 //! what load balancers check).
 //!
 //! `/ready` answers 200 only when this node should get client traffic:
+//! - another member has not removed it from the cluster (503 "removed from the cluster by
+//!   node N (reason)");
 //! - Raft has a leader and this node has applied what it knows committed;
 //! - on a leader, a quorum acknowledged it recently;
 //! - it is not a learner while the routing settings say `learners_serve_reads: false`;
@@ -22,6 +24,9 @@ pub async fn health() -> HttpResponse {
 
 /// Readiness for load balancers.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(r) = state.keys.removal() {
+        return Err(ApiError::Unavailable(r.line()));
+    }
     let raft = state.keys.raft();
     let status = raft.status();
     if status.leader_cut_off() {

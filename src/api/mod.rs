@@ -47,8 +47,11 @@ pub struct ApiSettings {
     pub write_timeout: Duration,
     /// Limits and flooding defence for submissions.
     pub limits: Limits,
-    /// Bearer token for mutating `/cluster` calls; `None` refuses them all.
+    /// Bearer token for mutating `/cluster` calls; `None`: the token is not accepted.
     pub admin_token: Option<String>,
+    /// Names of verified hkps client certificates accepted for mutating `/cluster` calls (in
+    /// place of the token); empty: no certificate is accepted.
+    pub admin_cert_names: Vec<String>,
     /// Certificates whose signatures authorise `/pks/delete` and `/pks/replace`.
     pub admin_keys: Arc<Vec<sequoia_openpgp::Cert>>,
     /// Most seconds between a signed admin request's signature and its arrival.
@@ -63,6 +66,7 @@ impl Default for ApiSettings {
             write_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             admin_token: None,
+            admin_cert_names: Vec::new(),
             admin_keys: Arc::default(),
             admin_signature_window_secs: 3600,
         }

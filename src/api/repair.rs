@@ -23,13 +23,13 @@ pub async fn repair(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let b: RepairBody = if body.iter().all(u8::is_ascii_whitespace) {
         RepairBody::default()
     } else {
         parse(&body)?
     };
-    let report = state.keys.repair(b.rebuild, "admin-token").await?;
+    let report = state.keys.repair(b.rebuild, &actor).await?;
     Ok(if report.consistent {
         HttpResponse::Ok().json(report)
     } else {

@@ -28,7 +28,7 @@ pub async fn put(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
+    let actor = authorize(&req, &state)?;
     let patch: Map<String, Value> = parse(&body)?;
     let mut routing = state.keys.routing()?;
     apply_patch(&mut routing, patch)?;
@@ -39,7 +39,7 @@ pub async fn put(
             Op::SetRouting {
                 routing: routing.clone(),
             },
-            "admin-token",
+            &actor,
         )
         .await?;
     match outcomes.first() {

@@ -11,11 +11,16 @@
 //! [`ServerSettings::keep_alive`], the TLS handshake and the close of a connection have their own
 //! limits, and each worker accepts at most its share of [`ServerSettings::max_connections`].
 //!
+//! With `tls_client_ca`, the hkps listener asks every client for a certificate from that CA but
+//! requires none (gpg and browsers connect without one). rustls refuses the handshake if a
+//! presented certificate does not chain to the CA; a verified certificate's names are put in the
+//! connection's data as [`ClientCertNames`], where the admin check reads them.
+//!
 //! The returned [`Server`] does nothing until it is awaited or spawned; OS signals are not
 //! handled here (the caller stops it through [`Server::handle`]).
 //!
-//! This module may depend on actix, rustls and the `api` module's app factory. It must not depend
-//! on `rpc`, `store` or `node`, and it holds no HKP logic.
+//! This module may depend on actix, rustls, [`crate::certname`] and the `api` module's app
+//! factory. It must not depend on `rpc`, `store` or `node`, and it holds no HKP logic.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -23,13 +28,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::{error::DispatchError, h1::H1Service, HttpService, KeepAlive};
+use actix_http::{error::DispatchError, h1::H1Service, Extensions, HttpService, KeepAlive};
 use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt as _};
 use actix_tls::accept::{
     rustls_0_23::{Acceptor, TlsStream},
     TlsError,
 };
 use actix_web::dev::{AppConfig, Server};
+use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -55,6 +61,9 @@ pub struct ServerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Required with `tls_listen`.
     pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) whose client certificates hkps accepts (asked for, not
+    /// required); `None`: hkps asks for no client certificate.
+    pub tls_client_ca: Option<PathBuf>,
     /// Number of worker threads (clamped to 1..=512).
     pub workers: usize,
     /// Time a client has to send a complete request head; also the TLS handshake limit.
@@ -63,6 +72,20 @@ pub struct ServerSettings {
     pub keep_alive: Duration,
     /// Concurrent connections across all workers (split evenly between them).
     pub max_connections: usize,
+}
+
+/// The DNS names of the client certificate a hkps connection presented, which rustls verified
+/// against `tls_client_ca`. Present in the connection data (`HttpRequest::conn_data`) only when
+/// a certificate was presented; never on the plain listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertNames(pub Vec<String>);
+
+/// Records the verified client certificate of a hkps connection, if any, in its data.
+fn record_client_cert(io: &RawTargetIo<TlsStream<TcpStream>>, data: &mut Extensions) {
+    let certs = io.get_ref().get_ref().1.peer_certificates();
+    if certs.is_some_and(|c| !c.is_empty()) {
+        data.insert(ClientCertNames(crate::certname::peer_names(certs)));
+    }
 }
 
 /// Binds the listeners and builds the server. Returns the server (await or spawn it to run it)
@@ -101,7 +124,7 @@ pub async fn start(
             let _ = io.set_nodelay(true);
             std::future::ready(Ok::<_, DispatchError>((RawTargetIo::new(io), peer)))
         })
-        .and_then(h1_service(st.clone(), &cfg, addr, false))
+        .and_then(h1_service(st.clone(), &cfg, addr, false, |_, _| {}))
     })?;
 
     if let Some((tls_addr, tls_config)) = tls {
@@ -121,7 +144,7 @@ pub async fn start(
                     (RawTargetIo::new(io), peer)
                 })
                 .and_then(
-                    h1_service(st.clone(), &cfg, addr, true)
+                    h1_service(st.clone(), &cfg, addr, true, record_client_cert)
                         .map_err(TlsError::<io::Error, _>::Service),
                 )
         })?;
@@ -130,12 +153,14 @@ pub async fn start(
     Ok((builder.run(), addrs))
 }
 
-/// The HTTP/1.x service for one worker, over connections of type `T`.
+/// The HTTP/1.x service for one worker, over connections of type `T`; `on_connect` may put
+/// connection data (the client certificate) where handlers find it.
 fn h1_service<T>(
     state: AppState,
     settings: &ServerSettings,
     local: SocketAddr,
     secure: bool,
+    on_connect: impl Fn(&T, &mut Extensions) + 'static,
 ) -> impl actix_service::ServiceFactory<
     (T, Option<SocketAddr>),
     Config = (),
@@ -160,6 +185,7 @@ where
         .client_request_timeout(settings.request_timeout)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .local_addr(local)
+        .on_connect_ext(on_connect)
         .h1(map_config(app, move |()| {
             // The same constructor actix-web's own HttpServer uses (public but doc-hidden).
             AppConfig::__priv_test_new(secure, host.clone(), local)
@@ -168,7 +194,8 @@ where
 }
 
 /// Reads the certificate chain and key named in `settings` into a rustls server config that
-/// offers HTTP/1.1 over ALPN.
+/// offers HTTP/1.1 over ALPN and, with `tls_client_ca`, asks for (but does not require) a client
+/// certificate from that CA.
 fn load_tls_config(settings: &ServerSettings) -> io::Result<rustls::ServerConfig> {
     let (cert_path, key_path) = match (&settings.tls_cert, &settings.tls_key) {
         (Some(c), Some(k)) => (c, k),
@@ -190,10 +217,38 @@ fn load_tls_config(settings: &ServerSettings) -> io::Result<rustls::ServerConfig
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let setup = |e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("TLS setup: {e}"))
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS setup: {e}")))?;
+        .map_err(|e| setup(&e))?;
+    let builder = match &settings.tls_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(ca_path).map_err(|e| pem_error(ca_path, e))? {
+                let ca = ca.map_err(|e| pem_error(ca_path, e))?;
+                roots
+                    .add(ca)
+                    .map_err(|e| setup(&format!("{}: {e}", ca_path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(pem_error(
+                    ca_path,
+                    rustls_pki_types::pem::Error::NoItemsFound,
+                ));
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| setup(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| setup(&e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

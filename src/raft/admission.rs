@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::forward::LeaderForwarder;
+use super::membership::Member;
 use super::types::{KeyraftNode, NodeId};
 use super::{RaftError, RaftNode};
 
@@ -207,6 +208,7 @@ impl Admission {
         raft: &RaftNode,
         fwd: Option<&dyn LeaderForwarder>,
         id: NodeId,
+        removed: &(dyn Fn(&Member) + Send + Sync),
     ) -> Result<NodeId, RaftError> {
         let members = raft.members();
         let Some(member) = members.iter().find(|m| m.id == id) else {
@@ -232,6 +234,7 @@ impl Admission {
         }
         tracing::info!(node_id = id, name = %member.node.name, "leave: removing member");
         raft.remove(BTreeSet::from([id])).await?;
+        removed(member);
         if member.voter {
             let now = raft.members();
             let voters = now.iter().filter(|m| m.voter).count();

@@ -6,7 +6,8 @@
 //! removed only while at least [`MIN_VOTERS`] voters remain afterwards, so an outage of a small
 //! cluster never shrinks it to a size where one more failure loses quorum. A removed voter is
 //! replaced by a learner when one exists ([`Keyserver::leave`]). Every removal is logged and,
-//! being a membership change, recorded in the audit trail.
+//! being a membership change, recorded in the audit trail; the removed member is told why if it
+//! can be reached ([`super::removal`]).
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub async fn run(keys: Keyserver, after: Duration) {
                 node_id = id,
                 silent = ?silent_for.get(&id),
                 "auto-remove: member unreachable for longer than {after:?}; removing it"
+            );
+            keys.note_removal_reason(
+                id,
+                format!("auto-remove: no heartbeat acknowledged for longer than {after:?}"),
             );
             match keys.leave(id).await {
                 Ok(_) => {

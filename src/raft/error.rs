@@ -50,6 +50,10 @@ pub enum RaftError {
     /// The raft node is shutting down or has stopped.
     #[error("raft is shutting down")]
     ShuttingDown,
+    /// Another member removed this node from the cluster: it takes no more writes (the line
+    /// says who removed it and why).
+    #[error("{0}")]
+    Removed(String),
     /// An unrecoverable internal error (e.g. the raft task panicked).
     #[error("fatal raft error: {0}")]
     Fatal(String),
@@ -67,6 +71,7 @@ impl RaftError {
                 | RaftError::Timeout(_)
                 | RaftError::NotInitialized
                 | RaftError::ShuttingDown
+                | RaftError::Removed(_)
         )
     }
 }

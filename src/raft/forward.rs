@@ -1,6 +1,6 @@
 //! [`LeaderForwarder`]: how a node reaches the leader (and other members) for what only the
 //! leader may do: writes, joins, leaves, the read index of a linearizable read, plus a probe
-//! of a joining node. `raft` defines it,
+//! of a joining node and the notice the leader sends a member it removed. `raft` defines it,
 //! `rpc` implements it over authenticated gRPC (databend-meta's pattern), so clients never see a
 //! redirect.
 use std::future::Future;
@@ -48,4 +48,15 @@ pub trait LeaderForwarder: Send + Sync + 'static {
 
     /// Ask member `id` at `node` to leave and rebuild itself from the cluster.
     fn rebuild<'a>(&'a self, node: &'a KeyraftNode, id: NodeId) -> ForwardFuture<'a, ()>;
+
+    /// Tell the former member `id` at `node` that a membership change committed by `by` (this
+    /// node, the leader) removed it, bounded by `timeout`.
+    fn removed<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        id: NodeId,
+        by: NodeId,
+        reason: &'a str,
+        timeout: std::time::Duration,
+    ) -> ForwardFuture<'a, ()>;
 }

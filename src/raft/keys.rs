@@ -62,6 +62,7 @@ pub struct Keyserver {
     forwarder: Option<Arc<dyn LeaderForwarder>>,
     admission: Arc<Admission>,
     left: Arc<std::sync::atomic::AtomicBool>,
+    removal: Arc<super::removal::RemovalState>,
     refusals: Arc<super::refusals::RefusalLimiter>,
 }
 
@@ -76,6 +77,7 @@ impl Keyserver {
             forwarder: None,
             admission: Arc::new(Admission::default()),
             left: Arc::default(),
+            removal: Arc::default(),
             refusals: Arc::default(),
         }
     }
@@ -99,11 +101,14 @@ impl Keyserver {
             .await
     }
 
-    /// Remove member `id` gracefully (transferring leadership first if it leads).
+    /// Remove member `id` gracefully (transferring leadership first if it leads). The leader
+    /// that removes it tells it so ([`super::removal`]).
     pub async fn leave(&self, id: NodeId) -> Result<NodeId, RaftError> {
         let removed = self
             .admission
-            .leave(&self.raft, self.forwarder.as_deref(), id)
+            .leave(&self.raft, self.forwarder.as_deref(), id, &|m| {
+                self.notify_removed(m.id, m.node.clone())
+            })
             .await?;
         if removed == self.node_id {
             self.left.store(true, Ordering::SeqCst);
@@ -128,6 +133,9 @@ impl Keyserver {
     /// change mid-way is retried with the same request id (apply skips duplicates). The time
     /// a successful commit took goes into the node's `commit` histogram.
     pub(super) async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
+        if let Some(r) = self.removal() {
+            return Err(RaftError::Removed(r.line()));
+        }
         let started = std::time::Instant::now();
         let r = self.commit_and_apply(cmd).await;
         if r.is_ok() {
@@ -182,6 +190,11 @@ impl Keyserver {
         Err(last)
     }
 
+    /// Whether and by whom this node was removed ([`super::removal`]).
+    pub(super) fn removal_state(&self) -> &super::removal::RemovalState {
+        &self.removal
+    }
+
     /// The rate limit on audited refusals.
     pub(super) fn refusals(&self) -> &super::refusals::RefusalLimiter {
         &self.refusals
@@ -190,6 +203,11 @@ impl Keyserver {
     /// The local replica (for the raft layer's own read modules).
     pub(super) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The forwarder as a shared handle, for tasks that outlive the call that starts them.
+    pub(super) fn forwarder_arc(&self) -> Option<Arc<dyn LeaderForwarder>> {
+        self.forwarder.clone()
     }
 
     /// How this node reaches the leader, if it can (for the raft layer's own modules).

@@ -45,6 +45,7 @@ pub mod network;
 pub mod raft_node;
 pub mod records;
 pub mod refusals;
+pub mod removal;
 pub mod repair;
 pub mod replay;
 pub mod routing;
@@ -72,6 +73,7 @@ pub use keys::{
 pub use membership::Member;
 pub use raft_node::RaftNode;
 pub use records::{Policies, Policy};
+pub use removal::Removal;
 pub use replay::SignedUse;
 pub use routing::{Consistency, Routing};
 pub use settings::RaftSettings;

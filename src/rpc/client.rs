@@ -16,7 +16,7 @@ use super::proto::cluster_service_client::ClusterServiceClient;
 use super::proto::raft_service_client::RaftServiceClient;
 use super::proto::{
     DigestRequest, ForwardRequest, JoinRequest, LeaveRequest, PingRequest, RaftCall,
-    ReadIndexRequest, RebuildRequest, SnapshotChunk,
+    ReadIndexRequest, RebuildRequest, RemovedRequest, SnapshotChunk,
 };
 use super::tls::ClusterTls;
 use crate::raft::{
@@ -301,6 +301,28 @@ impl LeaderForwarder for GrpcTransport {
         Box::pin(async move {
             self.cluster(node)?
                 .rebuild(request(RebuildRequest { target: id }, JOIN_TIMEOUT))
+                .await
+                .map_err(reason)?;
+            Ok(())
+        })
+    }
+
+    fn removed<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        id: NodeId,
+        by: NodeId,
+        why: &'a str,
+        timeout: Duration,
+    ) -> ForwardFuture<'a, ()> {
+        Box::pin(async move {
+            let req = RemovedRequest {
+                target: id,
+                by,
+                reason: why.to_string(),
+            };
+            self.cluster(node)?
+                .removed(request(req, timeout))
                 .await
                 .map_err(reason)?;
             Ok(())

@@ -2,7 +2,8 @@
 //! the cluster service answers pings, executes forwarded writes on the leader, answers read
 //! indexes for followers' linearizable reads, and admits and
 //! removes members through the facade's admission rules. With mTLS, a join must come from the
-//! joiner's own certificate or from a current member forwarding it.
+//! joiner's own certificate or from a current member forwarding it, and a removal notice from
+//! the certificate of the member that claims to have removed this node.
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -14,9 +15,10 @@ use super::proto::raft_service_server::{RaftService, RaftServiceServer};
 use super::proto::{
     DigestReply, DigestRequest, ForwardReply, ForwardRequest, JoinReply, JoinRequest, LeaveReply,
     LeaveRequest, PingReply, PingRequest, RaftCall, RaftReply, ReadIndexReply, ReadIndexRequest,
-    RebuildReply, RebuildRequest, SnapshotChunk,
+    RebuildReply, RebuildRequest, RemovedReply, RemovedRequest, SnapshotChunk,
 };
-use super::tls::{peer_names, ClusterTls};
+use super::tls::ClusterTls;
+use crate::certname::peer_names;
 use crate::raft::command::Command;
 use crate::raft::{JoinSpec, Keyserver, RaftError, RaftNode};
 
@@ -246,6 +248,24 @@ impl ClusterService for ClusterSvc {
         self.check_target(req.into_inner().target)?;
         self.keys.rebuild_self().await.map_err(status)?;
         Ok(Response::new(RebuildReply {}))
+    }
+
+    async fn removed(
+        &self,
+        req: Request<RemovedRequest>,
+    ) -> Result<Response<RemovedReply>, Status> {
+        let peer = req.remote_addr();
+        let names = peer_names(req.peer_certs().as_deref().map(|v| v.as_slice()));
+        let r = req.into_inner();
+        let caller = self.tls.then_some(names.as_slice());
+        if let Err(e) = self
+            .keys
+            .accept_removal_notice(r.target, r.by, &r.reason, caller)
+        {
+            tracing::warn!(?peer, by = r.by, "removal notice refused: {e}");
+            return Err(status(e));
+        }
+        Ok(Response::new(RemovedReply {}))
     }
 }
 

@@ -1,5 +1,6 @@
 //! mTLS between nodes: the cluster CA, this node's certificate and key, the server and client
-//! configurations built from them, and the names a peer's certificate carries.
+//! configurations built from them. The names a peer's certificate carries are read by
+//! [`crate::certname`], shared with the hkps admin client certificates.
 //!
 //! Every node presents its certificate as server and as client; both sides require a
 //! certificate from the cluster CA. A client dials a peer expecting the peer's node name (from
@@ -10,7 +11,8 @@ use anyhow::{bail, Context};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use x509_parser::extensions::GeneralName;
+
+use crate::certname::dns_names;
 
 /// The TLS material of one node, loaded from `--cluster-tls-dir`.
 #[derive(Clone)]
@@ -19,32 +21,6 @@ pub struct ClusterTls {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     names: Vec<String>,
-}
-
-/// The DNS names of a DER certificate's subject alternative names.
-pub fn dns_names(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The names in the leaf certificate a peer presented (empty without TLS).
-pub fn peer_names(certs: Option<&[CertificateDer<'static>]>) -> Vec<String> {
-    certs
-        .and_then(|c| c.first())
-        .map(|c| dns_names(c.as_ref()))
-        .unwrap_or_default()
 }
 
 impl ClusterTls {

@@ -1,6 +1,7 @@
 //! Membership changes: graceful leave (`POST /cluster/leave`, `keyraft leave`) of followers and
-//! of the leader, the admin token guarding it, and a wiped node rejoining under a new id that
-//! replaces its old record.
+//! of the leader, the admin token guarding it, a wiped node rejoining under a new id that
+//! replaces its old record, and a member removed through another member learning that it was
+//! removed (the leader's notice).
 use std::process::Command;
 use std::time::Duration;
 
@@ -203,4 +204,80 @@ fn a_wiped_node_rejoins_under_a_new_id_that_replaces_its_old_record() {
     for m in &members {
         assert!(served(m, &certs[1].0, index), "{}", m.name);
     }
+}
+
+#[test]
+fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
+    let t = TestDir::new();
+    let certs = debian_certs(2);
+    let token = t.file("admin-token", &format!("{TOKEN}\n"));
+    let mut members = start_cluster(&t, &["n1", "n2", "n3", "n4"], |s| s.admin_token(&token));
+    let all: Vec<&Member> = members.iter().collect();
+    let ids: Vec<u64> = members.iter().map(Member::id).collect();
+    wait_members(&all, &ids);
+    let leader = leader_of(&all);
+    // Remove n4, or n3 if n4 leads, asking a third member that is neither.
+    let x = if leader == 3 { 2 } else { 3 };
+    let via = (0..4).find(|&i| i != x && i != leader).unwrap();
+    let x_id = ids[x];
+    let leader_id = ids[leader];
+
+    tracing_phase(&format!(
+        "{} removes {} (POST /cluster/leave)",
+        members[via].name, members[x].name
+    ));
+    let r = leave(
+        &members[via],
+        Some(TOKEN),
+        &json!({ "name": members[x].name }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest: Vec<&Member> = (0..4).filter(|&i| i != x).map(|i| &members[i]).collect();
+    let rest_ids: Vec<u64> = rest.iter().map(|m| m.id()).collect();
+    wait_members(&rest, &rest_ids);
+
+    tracing_phase("the removed process says so: /ready 503 with the reason, status removed");
+    let removed = &members[x];
+    let want = format!("removed from the cluster by node {leader_id}");
+    let ready = poll(Duration::from_secs(30), || {
+        let r = removed.get("/ready")?;
+        (r.status == 503 && r.text().contains(&want)).then_some(r)
+    });
+    assert!(
+        ready.is_some(),
+        "{} /ready: {:?}; log:\n{}",
+        removed.name,
+        removed.get("/ready").map(|r| (r.status, r.text())),
+        removed.log_text()
+    );
+    assert_eq!(ready.unwrap().text().trim_end().lines().count(), 1);
+    let status = removed.json("/cluster/status").expect("status answers");
+    assert_eq!(status["removed"], true, "{status}");
+    assert_eq!(status["removal"]["by"], leader_id, "{status}");
+    assert_eq!(status["status"]["id"], x_id, "{status}");
+    assert!(removed.exited().is_none(), "the removed node keeps running");
+    assert!(removed.data.join("db").exists(), "its data is kept");
+    let log = removed.log_text();
+    assert_eq!(
+        log.matches("takes no more writes").count(),
+        1,
+        "one warning:\n{log}"
+    );
+
+    tracing_phase("a write sent to the removed node: 503 with the reason");
+    let r = removed.post_once(&certs[1].1).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(&want), "{}", r.text());
+
+    tracing_phase("the remaining three serve writes");
+    for m in &rest {
+        assert!(m.ready(), "{} is ready", m.name);
+    }
+    let r = rest[0].post(&certs[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    for m in &rest {
+        assert!(served(m, &certs[0].0, index), "{}", m.name);
+    }
+    members[x].kill9();
 }
