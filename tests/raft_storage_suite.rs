@@ -25,7 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let dir = TempDir::new().map_err(sto_err)?;
         let store = Store::open(dir.path()).map_err(sto_err)?;
         let sm = StateMachine::open(store.clone()).map_err(sto_err)?;
-        Ok((dir, LogStore::new(store), sm))
+        Ok((dir, LogStore::new(store).map_err(sto_err)?, sm))
     }
 }
 

@@ -3,49 +3,45 @@
 //!
 //! Entries are keyed by their big-endian index (the store does that) and encoded with
 //! [`crate::raft::codec`]. Durability: every write (append, vote, purge, truncate) is fsynced by
-//! the store before this module reports it done (except the committed index, a hint openraft
-//! can lose), and appends report to openraft's
-//! `IOFlushed` callback only after that. Blocking RocksDB writes run on tokio's blocking pool,
-//! one at a time and in order (each is awaited before the next call can start).
+//! the store before it counts as done (except the committed index, a hint openraft can lose).
+//! All writes go through one [`LogWriter`] thread, in order: `append` returns once the entries
+//! are readable (from the writer's in-memory overlay) and reports to openraft's `IOFlushed`
+//! callback when they are on disk, so the leader replicates while its own fsync runs; every
+//! other write waits for its turn and its completion.
 //!
 //! Knows the store and openraft; must not depend on the state machine, the network or the API.
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use crate::raft::codec;
+use crate::raft::log_writer::LogWriter;
 use crate::raft::meta::{self, CommittedKey, LastPurgedKey, VoteKey};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::store::Store;
 
-/// The raft log of one node. Cheap to clone; clones share the same RocksDB.
+/// The raft log of one node. Cheap to clone; clones share the same RocksDB and writer.
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
+    writer: LogWriter,
 }
 
 impl LogStore {
-    /// Wrap an open store.
-    pub fn new(store: Store) -> LogStore {
-        LogStore { store }
-    }
-
-    /// Run a blocking store operation on the blocking pool and wait for it.
-    async fn blocking<T, F>(&self, f: F) -> io::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> io::Result<T> + Send + 'static,
-    {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(io::Error::other)?
+    /// Wrap an open store and start its log writer thread.
+    pub fn new(store: Store) -> io::Result<LogStore> {
+        let writer = LogWriter::start(store.clone())?;
+        Ok(LogStore { store, writer })
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
+        if let Some((_, bytes)) = self.writer.last_pending() {
+            return codec::decode::<Entry>(&bytes).map(|e| Some(e.log_id));
+        }
         let last = self.store.log_last().map_err(io::Error::other)?;
         last.map(|(_, bytes)| codec::decode::<Entry>(&bytes).map(|e| e.log_id))
             .transpose()
@@ -76,10 +72,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        let rows = self.store.log_range(start, end).map_err(io::Error::other)?;
-        rows.iter()
-            .map(|(_, bytes)| codec::decode::<Entry>(bytes))
-            .collect()
+        // The overlay first: an entry leaves it only once the store has it.
+        let pending = self.writer.pending(start, end);
+        let stored_end = pending.first().map_or(end, |(i, _)| Some(*i));
+        let rows = self
+            .store
+            .log_range(start, stored_end)
+            .map_err(io::Error::other)?;
+        let mut out = Vec::with_capacity(rows.len() + pending.len());
+        for (_, bytes) in &rows {
+            out.push(codec::decode::<Entry>(bytes)?);
+        }
+        for (_, bytes) in &pending {
+            out.push(codec::decode::<Entry>(bytes)?);
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -110,14 +117,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let vote = *vote;
-        self.blocking(move |s| meta::raft_put::<VoteKey>(s, &vote))
+        self.writer
+            .run(move |s| meta::raft_put::<VoteKey>(s, &vote))
             .await
     }
 
-    /// Not fsynced: it is on every write's path, and losing it in a crash only means the
-    /// restarted node applies up to the last committed index once a leader tells it again.
+    /// Not fsynced and not waited for: it is on every write's path, and losing it in a crash
+    /// only means the restarted node applies up to the last committed index once a leader
+    /// tells it again. Queued behind the appends it covers, so it never reaches the store
+    /// before them.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        meta::raft_put_unsynced::<CommittedKey>(&self.store, &committed)
+        self.writer
+            .detach(move |s| meta::raft_put_unsynced::<CommittedKey>(s, &committed));
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -133,24 +145,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows: io::Result<Vec<(u64, Vec<u8>)>> = entries
+        let rows = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, codec::encode(&e)?)))
-            .collect();
-        let result = match rows {
-            Ok(rows) if rows.is_empty() => Ok(()),
-            Ok(rows) => {
-                self.blocking(move |s| s.log_append(rows).map_err(io::Error::other))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        // The store fsyncs the batch before `log_append` returns: only now is the append durable.
-        match result {
-            Ok(()) => {
+            .map(|e| Ok((e.log_id.index, Arc::new(codec::encode(&e)?))))
+            .collect::<io::Result<Vec<_>>>();
+        match rows {
+            Ok(rows) if rows.is_empty() => {
                 callback.io_completed(Ok(()));
                 Ok(())
             }
+            Ok(rows) => self.writer.append(rows, callback),
             Err(e) => {
                 callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
                 Err(e)
@@ -160,18 +164,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.blocking(move |s| s.log_truncate_from(from).map_err(io::Error::other))
+        self.writer
+            .run(move |s| s.log_truncate_from(from).map_err(io::Error::other))
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point first: entries at or below it are ignored by openraft, so a
         // crash between the two steps leaves harmless leftovers rather than a hole.
-        self.blocking(move |s| {
-            meta::raft_put::<LastPurgedKey>(s, &log_id)?;
-            s.log_purge_through(log_id.index).map_err(io::Error::other)
-        })
-        .await
+        self.writer
+            .run(move |s| {
+                meta::raft_put::<LastPurgedKey>(s, &log_id)?;
+                s.log_purge_through(log_id.index).map_err(io::Error::other)
+            })
+            .await
     }
 }
 

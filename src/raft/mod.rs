@@ -39,6 +39,7 @@ pub mod keys;
 mod keys_signed;
 pub mod linearizable;
 pub mod log_store;
+mod log_writer;
 pub mod membership;
 pub mod meta;
 pub mod network;

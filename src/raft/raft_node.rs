@@ -90,7 +90,7 @@ impl RaftNode {
             node_id,
             config,
             network,
-            LogStore::new(store.clone()),
+            LogStore::new(store.clone()).map_err(storage)?,
             state_machine.clone(),
         )
         .await?;

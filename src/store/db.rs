@@ -126,7 +126,10 @@ impl Store {
     }
 
     /// Append log entries in one fsynced batch.
-    pub fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+    pub fn log_append<V: AsRef<[u8]>>(
+        &self,
+        entries: impl IntoIterator<Item = (u64, V)>,
+    ) -> Result<(), StoreError> {
         let cf = self.cf(CF_RAFT_LOG);
         let mut b = WriteBatch::default();
         for (i, v) in entries {
@@ -247,8 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.log_last().unwrap(), None);
-        s.log_append((1..=10).map(|i| (i, vec![i as u8])).collect())
-            .unwrap();
+        s.log_append((1..=10).map(|i| (i, vec![i as u8]))).unwrap();
         assert_eq!(s.log_first().unwrap().unwrap().0, 1);
         assert_eq!(s.log_last().unwrap().unwrap().0, 10);
         let r: Vec<u64> = s
