@@ -80,8 +80,9 @@ pub struct PreparedRow {
 }
 
 impl Prepared {
-    /// Merge `incoming` (cleaned; serialized as `submitted`) into `base`, as apply would at
-    /// command time `time`. `None` if the merge fails: apply then merges and reports why.
+    /// Merge `incoming` (cleaned by [`pgp::clean`]; serialized as `submitted`) into `base`, as
+    /// apply would at command time `time`. `None` if the merge fails: apply then merges and
+    /// reports why.
     pub fn compute(
         incoming: Cert,
         submitted: &[u8],
@@ -89,7 +90,12 @@ impl Prepared {
         limits: &Limits,
         time: u64,
     ) -> Option<Prepared> {
-        let row = merged_row(base.map(|r| r.cert.as_slice()), incoming, limits, time).ok()?;
+        let row = match base {
+            // Merging into nothing is shedding and serializing: `clean` did both already (and
+            // shedding twice changes nothing), so the row is the submitted bytes as they are.
+            None => Some(Row::of(&incoming, submitted.to_vec(), time)),
+            Some(r) => merged_row(Some(r.cert.as_slice()), incoming, limits, time).ok()?,
+        };
         Some(Prepared {
             base_index: base.map(|r| r.updated_index),
             row: row.map(|r| PreparedRow {

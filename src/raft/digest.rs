@@ -8,7 +8,7 @@
 //! be compared even while writes go on (`/cluster/repair`).
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,12 +46,17 @@ impl Write for HashWriter {
 
 /// The digest of `store` as it is now (a full scan; blocking).
 pub fn digest_store(store: &Store) -> Result<StateDigest, RaftError> {
+    digest_store_from_now(store, || {})
+}
+
+/// [`digest_store`], calling `taken` once the view is fixed (the scan itself comes after).
+fn digest_store_from_now(store: &Store, taken: impl FnOnce()) -> Result<StateDigest, RaftError> {
     let mut w = HashWriter {
         hash: Sha256::new(),
         bytes: 0,
     };
     let sm = store
-        .snapshot_write(&mut w)
+        .snapshot_write_from_now(&mut w, taken)
         .map_err(|e| RaftError::Storage(e.to_string()))?;
     let applied =
         meta::sm_from_map::<LastAppliedKey>(&sm).map_err(|e| RaftError::Storage(e.to_string()))?;
@@ -63,17 +68,54 @@ pub fn digest_store(store: &Store) -> Result<StateDigest, RaftError> {
 }
 
 /// Digests taken at checkpoint entries, by log index (the most recent [`Checkpoints::KEEP`]).
+/// A digest is computed on its own thread from a view fixed right after the checkpoint's
+/// batch, so apply goes on while the state is scanned; until it is done its slot is `None`.
 #[derive(Debug, Default)]
 pub struct Checkpoints {
-    by_index: Mutex<BTreeMap<u64, StateDigest>>,
+    by_index: Mutex<BTreeMap<u64, Option<StateDigest>>>,
+    done: tokio::sync::Notify,
 }
 
 impl Checkpoints {
     /// How many checkpoint digests are kept.
     pub const KEEP: usize = 16;
 
-    /// Remember the digest taken right after applying the checkpoint at `index`.
-    pub fn record(&self, index: u64, digest: StateDigest) {
+    /// Start digesting `store` for the checkpoint at `index`; returns once the view is fixed
+    /// (apply may then commit the next batch), while the scan goes on in the background.
+    pub fn digest_in_background(self: &Arc<Self>, store: &Store, index: u64) {
+        self.put(index, None);
+        let (fixed, wait) = std::sync::mpsc::channel();
+        let (me, store) = (Arc::clone(self), store.clone());
+        let spawned = std::thread::Builder::new()
+            .name("checkpoint-digest".into())
+            .spawn(move || {
+                match digest_store_from_now(&store, || {
+                    let _ = fixed.send(());
+                }) {
+                    Ok(d) => {
+                        tracing::info!(index, sha256 = %d.sha256, "checkpoint digest");
+                        me.put(index, Some(d));
+                    }
+                    Err(e) => {
+                        tracing::warn!(index, error = %e, "checkpoint digest failed");
+                        me.by_index.lock().expect("poisoned").remove(&index);
+                    }
+                }
+                me.done.notify_waiters();
+            });
+        match spawned {
+            // Returns when the view is fixed, or at once if the thread ended before (failed).
+            Ok(_) => {
+                let _ = wait.recv();
+            }
+            Err(e) => {
+                tracing::warn!(index, error = %e, "checkpoint digest: no thread");
+                self.by_index.lock().expect("poisoned").remove(&index);
+            }
+        }
+    }
+
+    fn put(&self, index: u64, digest: Option<StateDigest>) {
         let mut m = self.by_index.lock().expect("poisoned");
         m.insert(index, digest);
         while m.len() > Self::KEEP {
@@ -81,9 +123,36 @@ impl Checkpoints {
         }
     }
 
-    /// The digest taken at `index`, if this node applied that checkpoint entry itself.
+    /// Remember the digest taken right after applying the checkpoint at `index`.
+    pub fn record(&self, index: u64, digest: StateDigest) {
+        self.put(index, Some(digest));
+        self.done.notify_waiters();
+    }
+
+    /// The digest taken at `index`, if this node applied that checkpoint entry itself and
+    /// its scan has finished.
     pub fn get(&self, index: u64) -> Option<StateDigest> {
-        self.by_index.lock().expect("poisoned").get(&index).cloned()
+        self.by_index
+            .lock()
+            .expect("poisoned")
+            .get(&index)
+            .cloned()
+            .flatten()
+    }
+
+    /// The digest taken at `index`, waiting (until `deadline`) for a scan still running.
+    pub async fn wait(&self, index: u64, deadline: tokio::time::Instant) -> Option<StateDigest> {
+        loop {
+            let done = self.done.notified();
+            match self.by_index.lock().expect("poisoned").get(&index) {
+                Some(Some(d)) => return Some(d.clone()),
+                Some(None) => {}
+                None => return None,
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
@@ -104,7 +173,8 @@ impl RaftNode {
         index: u64,
         timeout: std::time::Duration,
     ) -> Result<Option<StateDigest>, RaftError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         self.wait_applied(index, timeout).await?;
-        Ok(self.checkpoints().get(index))
+        Ok(self.checkpoints().wait(index, deadline).await)
     }
 }

@@ -26,7 +26,7 @@ use openraft::{EntryPayload, OptionalSend};
 use crate::metrics::NodeMetrics;
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
-use crate::raft::digest::{digest_store, Checkpoints};
+use crate::raft::digest::Checkpoints;
 use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
 use crate::raft::records;
 use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
@@ -85,11 +85,12 @@ fn is_checkpoint(e: &Entry) -> bool {
 
 /// Apply `entries`: one store batch per run of entries ending at a checkpoint (or at the
 /// end). Right after a checkpoint's batch is committed, the state is exactly that of its index
-/// on every replica, and its digest is taken into `checkpoints`.
+/// on every replica; its digest is computed from a view fixed at that moment, on its own thread
+/// (see [`Checkpoints::digest_in_background`]), while apply goes on.
 fn apply_entries(
     store: &Store,
     entries: &[Entry],
-    checkpoints: &Checkpoints,
+    checkpoints: &Arc<Checkpoints>,
     metrics: &NodeMetrics,
 ) -> io::Result<Vec<Response>> {
     let mut responses = Vec::with_capacity(entries.len());
@@ -102,9 +103,7 @@ fn apply_entries(
         let (run, tail) = rest.split_at(cut);
         responses.extend(apply_batch(store, run, metrics)?);
         if let Some(last) = run.last().filter(|e| is_checkpoint(e)) {
-            let d = digest_store(store).map_err(io::Error::other)?;
-            tracing::info!(index = last.log_id.index, sha256 = %d.sha256, "checkpoint digest");
-            checkpoints.record(last.log_id.index, d);
+            checkpoints.digest_in_background(store, last.log_id.index);
         }
         rest = tail;
     }

@@ -38,7 +38,18 @@ impl Store {
         &self,
         out: &mut dyn Write,
     ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        self.snapshot_write_from_now(out, || {})
+    }
+
+    /// [`Store::snapshot_write`], calling `taken` as soon as the view is fixed: writes after
+    /// that are not in it, so a caller on another thread may go on writing.
+    pub fn snapshot_write_from_now(
+        &self,
+        out: &mut dyn Write,
+        taken: impl FnOnce(),
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let snap = self.db.snapshot();
+        taken();
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
         let mut frames = 0u64;
