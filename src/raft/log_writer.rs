@@ -24,6 +24,9 @@ use crate::store::Store;
 /// Encoded log entries by index.
 pub type Rows = Vec<(u64, Arc<Vec<u8>>)>;
 
+/// A write to run on the writer thread.
+type Write = Box<dyn FnOnce(&Store) -> io::Result<()> + Send>;
+
 /// One queued write.
 enum Job {
     Append {
@@ -31,11 +34,11 @@ enum Job {
         callback: IOFlushed<TypeConfig>,
     },
     Run {
-        f: Box<dyn FnOnce(&Store) -> io::Result<()> + Send>,
+        f: Write,
         done: tokio::sync::oneshot::Sender<io::Result<()>>,
     },
     /// A write nobody waits for (the committed index), kept in order with the others.
-    Detached(Box<dyn FnOnce(&Store) -> io::Result<()> + Send>),
+    Detached(Write),
 }
 
 /// Most bytes of entries one batch (one fsync) carries.
