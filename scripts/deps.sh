@@ -3,9 +3,10 @@
 # present. Build: libclang-dev (bindgen for RocksDB), g++ (C++20), nettle-dev and pkg-config
 # (Sequoia's crypto backend). Tests and benchmarks: gnupg, dirmngr, sq, debian-keyring,
 # openssl (a private CA for hkps), wrk, curl, iptables and iproute2 (partition tests drop
-# node-to-node traffic of test-only loopback addresses).
+# node-to-node traffic of test-only loopback addresses), haproxy (the shipped HAProxy config
+# is run against a node).
 set -euo pipefail
-need=(libclang-dev g++ make pkg-config nettle-dev python3 gnupg dirmngr sq debian-keyring openssl wrk curl ca-certificates util-linux iptables iproute2)
+need=(libclang-dev g++ make pkg-config nettle-dev python3 gnupg dirmngr sq debian-keyring openssl wrk curl ca-certificates util-linux iptables iproute2 haproxy)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

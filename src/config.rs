@@ -127,6 +127,9 @@ pub struct HkpConfig {
     /// PEM bundle of the CA(s) whose client certificates hkps accepts (admin certificates, see
     /// `cluster.admin_cert_names`). A client certificate is asked for but never required.
     pub tls_client_ca: Option<PathBuf>,
+    /// HAProxy agent-check listener: each connection gets one line with this node's readiness
+    /// and routing weight (`up ready 100%`, `drain`, `down #reason`); off when absent.
+    pub agent_listen: Option<SocketAddr>,
     /// Most certificates one lookup returns.
     pub result_limit: usize,
     /// Largest accepted `/pks/add` body in bytes (413 above).
@@ -149,6 +152,7 @@ impl Default for HkpConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            agent_listen: None,
             result_limit: 100,
             max_body_bytes: 8 << 20,
             write_timeout_secs: 30,

@@ -218,6 +218,7 @@ impl Node {
             tls_cert: config.hkp.tls_cert.clone(),
             tls_key: config.hkp.tls_key.clone(),
             tls_client_ca: config.hkp.tls_client_ca.clone(),
+            agent_listen: config.hkp.agent_listen,
             workers,
             request_timeout: Duration::from_secs(config.hkp.client_timeout_secs),
             keep_alive: Duration::from_secs(config.hkp.client_timeout_secs),

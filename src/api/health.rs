@@ -12,6 +12,7 @@
 //! A 200 carries the node's routing weight (0..=256) in `X-Keyraft-Weight` and in the body
 //! (`ready weight=N`), for balancers that can weigh servers. A 503 names the reason in one line.
 //! Being drained or a learner changes only `/ready`: lookups sent to the node are still answered.
+//! The HAProxy agent ([`super::agent`]) reports the same readiness in HAProxy's words.
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
@@ -22,40 +23,59 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// Readiness for load balancers.
-pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Whether this node should get client traffic (see the module docs).
+pub(super) enum Readiness {
+    /// Serving, with this routing weight (1..=256).
+    Ready(u16),
+    /// Otherwise ready, but an operator drained it (weight 0); the reason, one line.
+    Drained(String),
+    /// Not ready; the reason, one line.
+    NotReady(String),
+}
+
+/// This node's readiness now.
+pub(super) fn readiness(state: &AppState) -> Result<Readiness, ApiError> {
+    use Readiness::*;
     if let Some(r) = state.keys.removal() {
-        return Err(ApiError::Unavailable(r.line()));
+        return Ok(NotReady(r.line()));
     }
     let raft = state.keys.raft();
     let status = raft.status();
     if status.leader_cut_off() {
-        return Err(ApiError::Unavailable(
+        return Ok(NotReady(
             "not ready: this leader has no recent quorum acknowledgement".into(),
         ));
     }
     if !raft.has_leader_and_applied() {
-        return Err(ApiError::Unavailable(
+        return Ok(NotReady(
             "not ready: no leader known or state not yet applied".into(),
         ));
     }
     let routing = state.keys.routing()?;
     if status.learners.contains(&raft.id()) && !routing.learners_serve_reads {
-        return Err(ApiError::Unavailable(
+        return Ok(NotReady(
             "not ready: this node is a learner and routing.learners_serve_reads is false".into(),
         ));
     }
     let weight = routing.weight_of(&raft.me().name);
     if weight == 0 {
-        return Err(ApiError::Unavailable(format!(
+        return Ok(Drained(format!(
             "not ready: drained (routing weight of {:?} is 0)",
             raft.me().name
         )));
     }
-    Ok(HttpResponse::Ok()
-        .insert_header(("X-Keyraft-Weight", weight.to_string()))
-        .content_type("text/plain")
-        .body(format!("ready weight={weight}\n")))
+    Ok(Ready(weight))
+}
+
+/// Readiness for load balancers.
+pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match readiness(&state)? {
+        Readiness::Ready(weight) => Ok(HttpResponse::Ok()
+            .insert_header(("X-Keyraft-Weight", weight.to_string()))
+            .content_type("text/plain")
+            .body(format!("ready weight={weight}\n"))),
+        Readiness::Drained(why) | Readiness::NotReady(why) => Err(ApiError::Unavailable(why)),
+    }
 }
 
 /// Anything else.

@@ -8,6 +8,7 @@
 //! from one place, [`error::ApiError`].
 pub mod add;
 pub mod admin;
+pub mod agent;
 pub mod cluster;
 pub mod cluster_admin;
 pub mod conflicts;

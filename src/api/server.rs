@@ -64,6 +64,8 @@ pub struct ServerSettings {
     /// PEM bundle of the CA(s) whose client certificates hkps accepts (asked for, not
     /// required); `None`: hkps asks for no client certificate.
     pub tls_client_ca: Option<PathBuf>,
+    /// Address of the HAProxy agent-check listener ([`super::agent`]); `None` disables it.
+    pub agent_listen: Option<SocketAddr>,
     /// Number of worker threads (clamped to 1..=512).
     pub workers: usize,
     /// Time a client has to send a complete request head; also the TLS handshake limit.
@@ -126,6 +128,23 @@ pub async fn start(
         })
         .and_then(h1_service(st.clone(), &cfg, addr, false, |_, _| {}))
     })?;
+
+    if let Some(agent_addr) = settings.agent_listen {
+        let lst = TcpListener::bind(agent_addr)?;
+        let addr = lst.local_addr()?;
+        addrs.push(addr);
+        let st = state.clone();
+        builder = builder.listen(format!("agent-{addr}"), lst, move || {
+            let st = st.clone();
+            fn_service(move |io: TcpStream| {
+                let st = st.clone();
+                async move {
+                    super::agent::answer(&st, io).await;
+                    Ok::<_, io::Error>(())
+                }
+            })
+        })?;
+    }
 
     if let Some((tls_addr, tls_config)) = tls {
         let lst = TcpListener::bind(tls_addr)?;

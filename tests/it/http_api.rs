@@ -361,6 +361,7 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
+        agent_listen: None,
         workers: 1,
         request_timeout: Duration::from_secs(5),
         keep_alive: Duration::from_secs(5),

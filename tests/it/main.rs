@@ -4,5 +4,6 @@ mod admin_cert;
 mod common;
 mod durability;
 mod gpg_e2e;
+mod haproxy;
 mod http_api;
 mod observe;
