@@ -614,8 +614,8 @@ def catchup_once(binary, n, files, env=None, batch=None, limit=120):
 # ---------------------------------------------------------------------------------------------
 
 CATCHUP = {
-    "log": "default settings (snapshot_every 10000), import batches of 200 certs: the joiner gets the log",
-    "log1": "default settings, import batches of 1 cert (one Raft entry per cert): the joiner gets the log",
+    "log": "default settings (snapshot_every 10000), import batches of 200 certs (over 64 entries: the leader snapshots at the join)",
+    "log1": "default settings, import batches of 1 cert (one Raft entry per cert) (over 64 entries: the leader snapshots at the join)",
     "snapshot200": "snapshot_every 50, keep_logs 10, import batches of 200: the log is purged and the joiner "
                    "installs a snapshot",
     "snapshot": "snapshot_every 100, keep_logs 20, import batches of 2: the log is purged and the joiner "
