@@ -35,11 +35,11 @@ enum Component {
 pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpError> {
     let primary: Primary = cert.primary_key().key().clone();
     let primary_handle = KeyHandle::from(primary.fingerprint());
-    // Rebuilding a certificate from packets canonicalises it again, which costs about as much
-    // as parsing it: keep the parsed one when no packet is dropped (the usual case).
-    let original = cert.clone();
+    // The certificate is always rebuilt from the kept packets, even when none was dropped:
+    // canonicalising after the self-signatures were verified adds the issuer subpackets they
+    // lack, and only that form is a fixed point of merge (storing the first parse made the
+    // same upload, sent again, count as an update). It costs about as much as the parse.
     let mut kept = Vec::new();
-    let mut dropped = false;
     let mut current = Component::Primary;
     for packet in cert.into_packets() {
         let keep = match &packet {
@@ -71,15 +71,9 @@ pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpE
         };
         if keep {
             kept.push(packet);
-        } else {
-            dropped = true;
         }
     }
-    let cert = if dropped {
-        Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?
-    } else {
-        original
-    };
+    let cert = Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?;
     // A component without a verified self-signature is unbound: drop it, so nobody can
     // make a key findable under a user id its owner never signed. One that only carries
     // a verified self-revocation stays: clients must learn it is revoked.

@@ -411,3 +411,30 @@ fn user_ids_with_only_a_self_revocation_are_kept_and_listed_revoked() {
             .revoked
     );
 }
+
+/// What `clean` produces is what merge keeps: the same upload sent again merges as
+/// unchanged (no spurious update, no version bump). Real Debian certificates, whose old
+/// self-signatures lack issuer-fingerprint subpackets, are the case that broke this once.
+#[test]
+fn a_cleaned_debian_certificate_merged_with_itself_is_unchanged() {
+    let limits = Limits::default();
+    let now = SystemTime::now();
+    for cert in debian_certs(40) {
+        let fpr = cert.fingerprint();
+        let first = clean(cert.clone(), &limits, now).unwrap();
+        let stored = first.to_vec().unwrap();
+        let again = clean(
+            Cert::from_bytes(&cert.to_vec().unwrap()).unwrap(),
+            &limits,
+            now,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                merge(Some(&stored), again, &limits).unwrap(),
+                MergeOutcome::Unchanged
+            ),
+            "{fpr}: a second upload of the same certificate changed it"
+        );
+    }
+}
