@@ -123,23 +123,6 @@ impl Checkpoints {
         }
     }
 
-    /// Remember the digest taken right after applying the checkpoint at `index`.
-    pub fn record(&self, index: u64, digest: StateDigest) {
-        self.put(index, Some(digest));
-        self.done.notify_waiters();
-    }
-
-    /// The digest taken at `index`, if this node applied that checkpoint entry itself and
-    /// its scan has finished.
-    pub fn get(&self, index: u64) -> Option<StateDigest> {
-        self.by_index
-            .lock()
-            .expect("poisoned")
-            .get(&index)
-            .cloned()
-            .flatten()
-    }
-
     /// The digest taken at `index`, waiting (until `deadline`) for a scan still running.
     pub async fn wait(&self, index: u64, deadline: tokio::time::Instant) -> Option<StateDigest> {
         loop {
