@@ -301,7 +301,9 @@ fn read_certs(rest: &[u8]) -> Result<Vec<Cert>, AdminError> {
     let mut by_fpr: BTreeMap<String, Cert> = BTreeMap::new();
     for item in parsed {
         let cert = match item {
-            Parsed::Cert(c) => *c,
+            Parsed::Cert(c) => c
+                .into_cert()
+                .map_err(|e| AdminError::Unparsable(e.to_string()))?,
             Parsed::Unreadable(why) => return Err(AdminError::Unparsable(why)),
         };
         let fpr = cert.fingerprint().to_hex();

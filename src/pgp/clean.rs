@@ -10,69 +10,54 @@
 //! 4. Require a valid self-signed user id or a direct-key signature under [`super::POLICY`].
 use std::time::SystemTime;
 
-use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts, SubordinateRole};
-use sequoia_openpgp::packet::{Key, Signature, UserAttribute, UserID};
+use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts};
+use sequoia_openpgp::packet::{Key, Signature};
 use sequoia_openpgp::serialize::MarshalInto;
 use sequoia_openpgp::types::SignatureType;
 use sequoia_openpgp::{Cert, KeyHandle, Packet};
 
-use super::parse::one_line;
+use super::parse::{one_line, RawCert};
+use super::relocate::{fits_user_attribute, fits_userid, is_certification, relocate};
 use super::{Limits, PgpError, ThirdPartyPolicy, POLICY};
 
-type Primary = Key<PublicParts, PrimaryRole>;
-type Subkey = Key<PublicParts, SubordinateRole>;
-
-/// The component a signature packet follows in the canonical packet order.
-enum Component {
-    Primary,
-    Subkey(Subkey),
-    UserId(UserID),
-    UserAttribute(UserAttribute),
-    Dropped,
-}
+pub(super) type Primary = Key<PublicParts, PrimaryRole>;
 
 /// Clean an incoming certificate (see the module docs). `time` is the proposer's time.
-pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpError> {
-    let primary: Primary = cert.primary_key().key().clone();
-    let primary_handle = KeyHandle::from(primary.fingerprint());
-    // The certificate is always rebuilt from the kept packets, even when none was dropped:
-    // canonicalising after the self-signatures were verified adds the issuer subpackets they
-    // lack, and only that form is a fixed point of merge (storing the first parse made the
-    // same upload, sent again, count as an update). It costs about as much as the parse.
-    let mut kept = Vec::new();
-    let mut current = Component::Primary;
-    for packet in cert.into_packets() {
-        let keep = match &packet {
-            Packet::PublicKey(_) => {
-                current = Component::Primary;
-                true
+pub fn clean(
+    cert: impl Into<RawCert>,
+    limits: &Limits,
+    time: SystemTime,
+) -> Result<Cert, PgpError> {
+    let packets = cert.into().into_packets();
+    let primary: Primary = match packets.first() {
+        Some(Packet::PublicKey(k)) => k.clone(),
+        _ => {
+            return Err(PgpError::Invalid(
+                "a certificate starts with a public key".into(),
+            ))
+        }
+    };
+    let handle = KeyHandle::from(primary.fingerprint());
+    // The packets come as submitted: each is checked against the component it follows, and
+    // the certificate is built once from what is kept. Building it after the self-signatures
+    // were verified also matters for the result: verification adds the issuer subpackets they
+    // lack, and only that form is a fixed point of merge (storing the form parsed before
+    // verification made the same upload, sent again, count as an update).
+    let on = components(&packets, limits);
+    let verdicts = verdicts(&packets, &on, &primary, &handle, limits);
+    let mut kept = Vec::with_capacity(packets.len());
+    let mut misplaced = Vec::new();
+    for (packet, verdict) in packets.into_iter().zip(verdicts) {
+        match (verdict, packet) {
+            (Verdict::Keep, p) => kept.push(p),
+            (Verdict::Elsewhere, Packet::Signature(sig)) => {
+                let by_primary = claims_primary(&sig, &handle);
+                misplaced.push((sig, by_primary));
             }
-            Packet::PublicSubkey(k) => {
-                current = Component::Subkey(k.clone());
-                true
-            }
-            Packet::UserID(u) => {
-                current = Component::UserId(u.clone());
-                true
-            }
-            Packet::UserAttribute(ua) => {
-                if ua.value().len() > limits.max_packet_bytes as usize {
-                    current = Component::Dropped;
-                    false
-                } else {
-                    current = Component::UserAttribute(ua.clone());
-                    true
-                }
-            }
-            Packet::Signature(sig) => {
-                keep_signature(sig, &current, &primary, &primary_handle, limits)
-            }
-            _ => false,
-        };
-        if keep {
-            kept.push(packet);
+            _ => {}
         }
     }
+    let kept = relocate(misplaced, kept, &primary);
     let cert = Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?;
     // A component without a verified self-signature is unbound: drop it, so nobody can
     // make a key findable under a user id its owner never signed. One that only carries
@@ -90,64 +75,125 @@ pub fn clean(cert: Cert, limits: &Limits, time: SystemTime) -> Result<Cert, PgpE
     Ok(cert)
 }
 
+/// What happens to one packet of a submission.
+enum Verdict {
+    Keep,
+    Drop,
+    /// A signature that does not belong to the component it follows; perhaps to another
+    /// one ([`relocate`]).
+    Elsewhere,
+}
+
 fn claims_primary(sig: &Signature, primary: &KeyHandle) -> bool {
     let issuers = sig.get_issuers();
     issuers.is_empty() || issuers.iter().any(|h| h.aliases(primary))
 }
 
-fn keep_signature(
-    sig: &Signature,
-    on: &Component,
+/// For each packet, the position of the component it follows (a key, user id or user
+/// attribute; `None` when that component is dropped: a user attribute over the packet cap).
+fn components(packets: &[Packet], limits: &Limits) -> Vec<Option<usize>> {
+    let mut current = Some(0);
+    packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            match p {
+                Packet::PublicKey(_) | Packet::PublicSubkey(_) | Packet::UserID(_) => {
+                    current = Some(i)
+                }
+                Packet::UserAttribute(ua) => {
+                    current = (ua.value().len() <= limits.max_packet_bytes as usize).then_some(i)
+                }
+                _ => {}
+            }
+            current
+        })
+        .collect()
+}
+
+/// The verdict on every packet: components are kept (unless dropped), signatures checked
+/// against the component they follow, everything else dropped.
+fn verdicts(
+    packets: &[Packet],
+    on: &[Option<usize>],
     pk: &Primary,
     handle: &KeyHandle,
     limits: &Limits,
-) -> bool {
+) -> Vec<Verdict> {
+    packets
+        .iter()
+        .zip(on)
+        .enumerate()
+        .map(|(i, (p, on))| match p {
+            Packet::PublicKey(_) | Packet::PublicSubkey(_) | Packet::UserID(_) => Verdict::Keep,
+            Packet::UserAttribute(_) if *on == Some(i) => Verdict::Keep,
+            Packet::Signature(sig) => match on {
+                Some(c) => keep_signature(sig, &packets[*c], pk, handle, limits),
+                None => Verdict::Drop,
+            },
+            _ => Verdict::Drop,
+        })
+        .collect()
+}
+
+fn keep_signature(
+    sig: &Signature,
+    on: &Packet,
+    pk: &Primary,
+    handle: &KeyHandle,
+    limits: &Limits,
+) -> Verdict {
     use SignatureType::*;
     if !claims_primary(sig, handle) {
         // Third-party: certifications and revocations on user ids and attributes, and
         // revocations of the key by a designated revoker. Flood control happens in `shed`.
-        let allowed = match on {
-            Component::UserId(_) | Component::UserAttribute(_) => matches!(
-                sig.typ(),
-                GenericCertification
-                    | PersonaCertification
-                    | CasualCertification
-                    | PositiveCertification
-                    | CertificationRevocation
-            ),
-            Component::Primary => sig.typ() == KeyRevocation,
-            _ => false,
-        };
+        // Nobody here holds the signer's key, so where a certification belongs is judged by
+        // its digest prefix, as sequoia does.
         let is_revocation = matches!(sig.typ(), KeyRevocation | CertificationRevocation);
-        let size = sig.serialized_len();
-        return allowed && (is_revocation || size <= limits.max_packet_bytes as usize);
+        if !is_revocation && sig.serialized_len() > limits.max_packet_bytes as usize {
+            return Verdict::Drop;
+        }
+        let on_user = is_certification(sig.typ()) || sig.typ() == CertificationRevocation;
+        return match on {
+            Packet::UserID(u) if on_user && fits_userid(sig, pk, u) => Verdict::Keep,
+            Packet::UserAttribute(ua) if on_user && fits_user_attribute(sig, pk, ua) => {
+                Verdict::Keep
+            }
+            Packet::PublicKey(_) if sig.typ() == KeyRevocation => Verdict::Keep,
+            _ if on_user => Verdict::Elsewhere,
+            _ => Verdict::Drop,
+        };
     }
     let verified = match (on, sig.typ()) {
-        (Component::Primary, DirectKey) => sig.verify_direct_key(pk, pk),
-        (Component::Primary, KeyRevocation) => sig.verify_primary_key_revocation(pk, pk),
-        (Component::Subkey(k), SubkeyBinding) => sig.verify_subkey_binding(pk, pk, k),
-        (Component::Subkey(k), SubkeyRevocation) => sig.verify_subkey_revocation(pk, pk, k),
+        (Packet::PublicKey(_), DirectKey) => sig.verify_direct_key(pk, pk),
+        (Packet::PublicKey(_), KeyRevocation) => sig.verify_primary_key_revocation(pk, pk),
+        (Packet::PublicSubkey(k), SubkeyBinding) => sig.verify_subkey_binding(pk, pk, k),
+        (Packet::PublicSubkey(k), SubkeyRevocation) => sig.verify_subkey_revocation(pk, pk, k),
         (
-            Component::UserId(u),
+            Packet::UserID(u),
             GenericCertification
             | PersonaCertification
             | CasualCertification
             | PositiveCertification,
         ) => sig.verify_userid_binding(pk, pk, u),
-        (Component::UserId(u), CertificationRevocation) => sig.verify_userid_revocation(pk, pk, u),
+        (Packet::UserID(u), CertificationRevocation) => sig.verify_userid_revocation(pk, pk, u),
         (
-            Component::UserAttribute(ua),
+            Packet::UserAttribute(ua),
             GenericCertification
             | PersonaCertification
             | CasualCertification
             | PositiveCertification,
         ) => sig.verify_user_attribute_binding(pk, pk, ua),
-        (Component::UserAttribute(ua), CertificationRevocation) => {
+        (Packet::UserAttribute(ua), CertificationRevocation) => {
             sig.verify_user_attribute_revocation(pk, pk, ua)
         }
-        _ => return false,
+        _ => return Verdict::Elsewhere,
     };
-    verified.is_ok()
+    if verified.is_ok() {
+        Verdict::Keep
+    } else {
+        Verdict::Elsewhere
+    }
 }
 
 /// A third-party certification found by [`third_party`]: which component, when, how big.

@@ -20,6 +20,7 @@ mod index;
 mod limits;
 mod merge;
 mod parse;
+mod relocate;
 mod split;
 mod types;
 
@@ -34,7 +35,7 @@ pub use index::{
 };
 pub use limits::{Limits, ThirdPartyPolicy};
 pub use merge::{merge, MergeOutcome};
-pub use parse::{armor_blocks, parse_submission, primary_fingerprint, Parsed};
+pub use parse::{armor_blocks, parse_submission, primary_fingerprint, Parsed, RawCert};
 pub use split::CertSplitter;
 pub use types::{normalize_email, Fingerprint};
 

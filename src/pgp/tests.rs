@@ -13,11 +13,11 @@ use sequoia_openpgp::{Cert, Packet};
 use super::*;
 
 /// A fixed "now" so results do not depend on when the tests run.
-fn t0() -> SystemTime {
+pub(super) fn t0() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_790_000_000)
 }
 
-fn gen(uid: &str) -> Cert {
+pub(super) fn gen(uid: &str) -> Cert {
     CertBuilder::general_purpose(Some(uid))
         .set_creation_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .generate()
@@ -25,12 +25,12 @@ fn gen(uid: &str) -> Cert {
         .0
 }
 
-fn public(c: &Cert) -> Vec<u8> {
+pub(super) fn public(c: &Cert) -> Vec<u8> {
     c.to_vec().unwrap()
 }
 
 /// `n` third-party certifications of `target`'s first user id, one second apart.
-fn flood(target: &Cert, n: usize) -> Cert {
+pub(super) fn flood(target: &Cert, n: usize) -> Cert {
     let signer = gen("Flooder <flood@example.org>");
     let mut keypair = signer
         .primary_key()
@@ -55,7 +55,7 @@ fn flood(target: &Cert, n: usize) -> Cert {
     Cert::from_bytes(&public(&c)).unwrap()
 }
 
-fn third_party_count(c: &Cert) -> usize {
+pub(super) fn third_party_count(c: &Cert) -> usize {
     c.userids().map(|u| u.certifications().count()).sum()
 }
 
@@ -343,7 +343,7 @@ fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
             match item {
                 Parsed::Cert(c) => {
                     let fpr = c.fingerprint().as_bytes().to_vec();
-                    match clean(*c, &Limits::default(), t0()) {
+                    match clean(c, &Limits::default(), t0()) {
                         Ok(clean) => {
                             let t = index_terms(&clean);
                             assert!(t.fingerprints.contains(&fpr));

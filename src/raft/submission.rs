@@ -147,7 +147,7 @@ pub(super) fn prepare(
     let mut report = Vec::new();
     for item in pgp::parse_submission(body, limits)? {
         let cert = match item {
-            Parsed::Cert(c) => *c,
+            Parsed::Cert(c) => c,
             Parsed::Unreadable(reason) => {
                 report.push(ItemReport {
                     fingerprint: String::new(),
