@@ -164,7 +164,10 @@ impl Node {
                 (raft, keys, Some(stop))
             }
         };
-        if !raft.members().is_empty() {
+        // Persisted state, not the membership in openraft's metrics (still empty for a moment
+        // after start): a restarted member must never join again, least of all one that was
+        // removed while it was down (it would be re-admitted under its old id).
+        if !raft.is_fresh()? {
             info!(node_id = id, "restarted with existing Raft state");
         } else if cluster.join.is_empty() {
             if raft.initialize_if_fresh().await? {
@@ -180,6 +183,7 @@ impl Node {
             )
             .await?;
         }
+        tokio::spawn(crate::raft::removal::watch_membership(keys.clone()));
         if cluster.auto_remove_after > 0 {
             let after = Duration::from_secs(cluster.auto_remove_after);
             info!(?after, "auto-remove of unreachable members is on");

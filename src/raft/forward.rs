@@ -38,6 +38,16 @@ pub trait LeaderForwarder: Send + Sync + 'static {
     /// the id and name it reports: proof that its address reaches the node it claims to be.
     fn probe<'a>(&'a self, node: &'a KeyraftNode) -> ForwardFuture<'a, (NodeId, String)>;
 
+    /// Ask `node` whether a membership it committed after log index `since` (the membership
+    /// this node last applied, which lists it) no longer lists member `me`; resolves to the
+    /// answer and the index of that later membership.
+    fn still_member<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        me: NodeId,
+        since: u64,
+    ) -> ForwardFuture<'a, (bool, u64)>;
+
     /// Ask member `id` at `node` for the digest it took at checkpoint entry `index`.
     fn digest_at<'a>(
         &'a self,

@@ -44,6 +44,35 @@ impl RaftNode {
         out
     }
 
+    /// The log index of the membership this node applied (0 before any), and whether it is
+    /// committed (applied entries are).
+    pub fn applied_membership_index(&self) -> u64 {
+        let metrics = self.openraft().metrics().borrow_watched().clone();
+        let index = metrics.membership_config.log_id().map_or(0, |l| l.index);
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        index.min(applied)
+    }
+
+    /// Whether member `id`, whose applied membership (at log index `since`) lists it, was
+    /// removed by a later membership this node has applied; with that membership's index.
+    /// `id` 0 (a caller that did not say) is never removed.
+    pub fn removed_since(&self, id: NodeId, since: u64) -> (bool, u64) {
+        let metrics = self.openraft().metrics().borrow_watched().clone();
+        let Some(log_id) = metrics.membership_config.log_id() else {
+            return (false, 0);
+        };
+        let applied = metrics
+            .last_applied
+            .is_some_and(|a| a.index >= log_id.index);
+        let listed = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        let removed = id != 0 && applied && log_id.index > since && !listed;
+        (removed, log_id.index)
+    }
+
     /// The leader this node knows of, with its record.
     pub fn leader(&self) -> Option<Member> {
         let leader = self.status().leader?;

@@ -163,7 +163,7 @@ impl RaftNode {
 
     /// True if this node has never held any raft state: empty log, nothing purged, no vote,
     /// nothing applied.
-    fn is_fresh(&self) -> Result<bool, RaftError> {
+    pub fn is_fresh(&self) -> Result<bool, RaftError> {
         let s = &self.inner.store;
         Ok(s.log_last().map_err(storage)?.is_none()
             && meta::raft_get::<LastPurgedKey>(s)

@@ -9,7 +9,11 @@
 //!   deadline, a few attempts, best effort; the caller does not wait). The receiver checks the
 //!   notice in [`Keyserver::accept_removal_notice`]: it must name this node's id and, with mTLS,
 //!   come from the certificate of the member it claims to be from;
-//! - the node's own view: when the membership it applied no longer lists it (`node` checks).
+//! - the node's own view: when the membership it applied no longer lists it (`node` checks);
+//! - asking the others: a member that was down or cut off when it was removed gets neither,
+//!   so every member asks the others every [`CHECK_EVERY`] ([`watch_membership`]) whether a
+//!   membership they committed after the one it applied no longer lists it. One answer
+//!   settles it; the channel is authenticated like every node-to-node call.
 //!
 //! Either way [`Keyserver::mark_removed`] records it once and logs one warning. From then on
 //! writes answer [`RaftError::Removed`] (503 with the reason), `/ready` answers 503 with the
@@ -34,6 +38,11 @@ use super::types::{KeyraftNode, NodeId};
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Notices sent to one removed member before giving up.
 const ATTEMPTS: u32 = 3;
+/// How often a member asks another whether it is still a member.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// Deadline of one such question.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The reason sent when nothing more specific was recorded.
 const DEFAULT_REASON: &str = "POST /cluster/leave";
 
@@ -145,6 +154,55 @@ impl Keyserver {
         }
         self.mark_removed(Some(by), reason);
         Ok(())
+    }
+}
+
+impl Keyserver {
+    /// Ask the other members, in id order until one answers, whether a membership it committed
+    /// after the one this node applied no longer lists this node; if so, mark this node
+    /// removed. Does nothing on a node that is not a member in its own view (a joiner not yet
+    /// admitted) or that has nobody to ask.
+    pub async fn check_still_member(&self) {
+        let Some(fwd) = self.forwarder_arc() else {
+            return;
+        };
+        let raft = self.raft();
+        let me = raft.id();
+        let members = raft.members();
+        if !members.iter().any(|m| m.id == me) {
+            return;
+        }
+        let since = raft.applied_membership_index();
+        for m in members.iter().filter(|m| m.id != me) {
+            let answer =
+                tokio::time::timeout(CHECK_TIMEOUT, fwd.still_member(&m.node, me, since)).await;
+            match answer {
+                Ok(Ok((true, _))) => return,
+                Ok(Ok((false, at))) => {
+                    self.mark_removed(
+                        Some(m.id),
+                        &format!(
+                            "the membership it committed at log index {at} no longer lists \
+                             this node; this node had applied up to index {since}"
+                        ),
+                    );
+                    return;
+                }
+                Ok(Err(_)) | Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// Every [`CHECK_EVERY`], ask another member whether this node is still a member, until this
+/// node knows it was removed.
+pub async fn watch_membership(keys: Keyserver) {
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        if keys.removal().is_some() || keys.has_left() {
+            return;
+        }
+        keys.check_still_member().await;
     }
 }
 

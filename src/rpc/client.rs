@@ -265,11 +265,34 @@ impl LeaderForwarder for GrpcTransport {
         Box::pin(async move {
             let r = self
                 .cluster(node)?
-                .ping(request(PingRequest {}, Duration::from_secs(5)))
+                .ping(request(PingRequest::default(), Duration::from_secs(5)))
                 .await
                 .map_err(reason)?
                 .into_inner();
             Ok((r.node_id, r.name))
+        })
+    }
+
+    fn still_member<'a>(
+        &'a self,
+        node: &'a KeyraftNode,
+        me: NodeId,
+        since: u64,
+    ) -> ForwardFuture<'a, (bool, u64)> {
+        Box::pin(async move {
+            let r = self
+                .cluster(node)?
+                .ping(request(
+                    PingRequest {
+                        caller_id: me,
+                        caller_membership_index: since,
+                    },
+                    Duration::from_secs(2),
+                ))
+                .await
+                .map_err(reason)?
+                .into_inner();
+            Ok((!r.caller_removed, r.membership_index))
         })
     }
 

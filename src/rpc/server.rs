@@ -127,11 +127,16 @@ impl RaftService for RaftSvc {
 
 #[tonic::async_trait]
 impl ClusterService for ClusterSvc {
-    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let req = req.into_inner();
         let raft = self.keys.raft();
+        let (caller_removed, membership_index) =
+            raft.removed_since(req.caller_id, req.caller_membership_index);
         Ok(Response::new(PingReply {
             node_id: raft.id(),
             name: raft.me().name.clone(),
+            caller_removed,
+            membership_index,
         }))
     }
 

@@ -1,7 +1,7 @@
 //! Membership changes: graceful leave (`POST /cluster/leave`, `keyraft leave`) of followers and
 //! of the leader, the admin token guarding it, a wiped node rejoining under a new id that
 //! replaces its old record, and a member removed through another member learning that it was
-//! removed (the leader's notice).
+//! removed (the leader's notice, or, for a member that was down then, asking the others).
 use std::process::Command;
 use std::time::Duration;
 
@@ -279,5 +279,57 @@ fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
     for m in &rest {
         assert!(served(m, &certs[0].0, index), "{}", m.name);
     }
+    members[x].kill9();
+}
+
+#[test]
+fn a_member_removed_while_down_learns_it_from_the_others_when_it_restarts() {
+    let t = TestDir::new();
+    let token = t.file("admin-token", &format!("{TOKEN}\n"));
+    let mut members = start_cluster(&t, &["n1", "n2", "n3", "n4"], |s| s.admin_token(&token));
+    let all: Vec<&Member> = members.iter().collect();
+    let ids: Vec<u64> = members.iter().map(Member::id).collect();
+    wait_members(&all, &ids);
+    let leader = leader_of(&all);
+    let x = if leader == 3 { 2 } else { 3 };
+
+    tracing_phase(&format!("{} is killed (-9), then removed", members[x].name));
+    members[x].kill9();
+    let r = leave(
+        &members[leader],
+        Some(TOKEN),
+        &json!({ "name": members[x].name }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let gave_up = poll(Duration::from_secs(30), || {
+        members[leader]
+            .log_text()
+            .contains("could not tell the removed member")
+            .then_some(())
+    });
+    assert!(
+        gave_up.is_some(),
+        "the leader's notice should fail while the member is down:\n{}",
+        members[leader].log_text()
+    );
+
+    tracing_phase("it restarts with its data and asks the others");
+    members[x].spawn();
+    let removed = &members[x];
+    let ready = poll(Duration::from_secs(45), || {
+        let r = removed.get("/ready")?;
+        (r.status == 503 && r.text().contains("no longer lists this node")).then_some(r)
+    });
+    assert!(
+        ready.is_some(),
+        "{} /ready: {:?}; log:\n{}",
+        removed.name,
+        removed.get("/ready").map(|r| (r.status, r.text())),
+        removed.log_text()
+    );
+    let status = removed.json("/cluster/status").expect("status answers");
+    assert_eq!(status["removed"], true, "{status}");
+    let r = removed.post_once(&debian_certs(1)[0].1).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
     members[x].kill9();
 }
