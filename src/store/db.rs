@@ -125,6 +125,19 @@ impl Store {
         w
     }
 
+    /// Wait, at most `limit`, until this is the last handle on the database, then close it
+    /// (RocksDB finishes its background work first); returns whether it was the last. Call it
+    /// before a process exits: a database still open then races the exit, whose static
+    /// destructors RocksDB's background threads can trip over ("pthread lock: Invalid
+    /// argument", SIGABRT).
+    pub fn close(self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while Arc::strong_count(&self.db) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Arc::strong_count(&self.db) == 1
+    }
+
     /// Append log entries in one fsynced batch.
     pub fn log_append<V: AsRef<[u8]>>(
         &self,

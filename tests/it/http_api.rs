@@ -17,6 +17,25 @@ use sequoia_openpgp as openpgp;
 pub struct InProcess {
     pub _dir: tempfile::TempDir,
     pub state: AppState,
+    pub store: Store,
+}
+
+impl InProcess {
+    /// Shut this node down; see [`close`].
+    pub async fn close(self) {
+        close(self.state, self.store).await;
+    }
+}
+
+/// Shut Raft down and close the database before the test ends: RocksDB still open while the
+/// test process exits races the exit and can abort it ("pthread lock: Invalid argument").
+pub async fn close(state: AppState, store: Store) {
+    state.keys.raft().shutdown().await;
+    drop(state);
+    // Bounded: a handle still held elsewhere (a server worker winding down) only costs the wait.
+    tokio::task::spawn_blocking(move || store.close(Duration::from_secs(5)))
+        .await
+        .unwrap();
 }
 
 pub async fn in_process(max_body_bytes: usize) -> InProcess {
@@ -41,7 +60,7 @@ pub async fn in_process(max_body_bytes: usize) -> InProcess {
         raft.has_leader_and_applied(),
         "one-member cluster elects itself"
     );
-    let keys = Keyserver::new(raft, store, 1);
+    let keys = Keyserver::new(raft, store.clone(), 1);
     let settings = ApiSettings {
         max_body_bytes,
         ..ApiSettings::default()
@@ -52,6 +71,7 @@ pub async fn in_process(max_body_bytes: usize) -> InProcess {
             keys,
             settings: Arc::new(settings),
         },
+        store,
     }
 }
 
@@ -222,6 +242,8 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
     assert_eq!(s, 200);
     let (s, _, _) = call!(app, at::TestRequest::get().uri("/ready"));
     assert_eq!(s, 200);
+    drop(app);
+    n.close().await;
 }
 
 /// Statuses for everything a client can get wrong; the stored certificate never changes.
@@ -324,6 +346,8 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
     let v: serde_json::Value = serde_json::from_slice(&stats).unwrap();
     assert_eq!(v["certificates"], 1, "nothing else was stored");
+    drop(app);
+    n.close().await;
 }
 
 /// A compressed-data packet that would expand to 64 MiB of zeros.
@@ -423,6 +447,7 @@ async fn raw_characters_gpg_sends_work_through_a_real_socket() {
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.contains("BEGIN PGP PUBLIC KEY BLOCK") && text.contains(&format!("pub:{fpr}")));
     handle.stop(false).await;
+    n.close().await;
 }
 
 /// Writes return their log index; a read can wait for it (`min_index`) or confirm with the
@@ -464,6 +489,8 @@ async fn reads_can_wait_for_a_write_index_or_be_linearizable() {
         ))
     );
     assert_eq!(s, 503, "{}", String::from_utf8_lossy(&body));
+    drop(app);
+    n.close().await;
 }
 
 /// Several matches for one `op=get` come back as one armor block holding all of them.
@@ -495,6 +522,8 @@ async fn get_with_several_matches_returns_every_certificate_in_one_block() {
     let mut want = vec![a.fingerprint().to_hex(), b.fingerprint().to_hex()];
     want.sort();
     assert_eq!(got, want);
+    drop(app);
+    n.close().await;
 }
 
 #[actix_web::test]
@@ -567,4 +596,6 @@ async fn cluster_admin_calls_need_the_token_and_report_raft_state() {
             .set_payload(r#"{"id": "x"}"#)
     );
     assert_eq!(s, 400);
+    drop(app);
+    n.close().await;
 }

@@ -18,7 +18,7 @@ use crate::http_api::{gen, gpg_form};
 const TOKEN: &str = "t0ken";
 
 /// A one-member cluster named `name`, with the admin token [`TOKEN`].
-async fn named(name: &str) -> (tempfile::TempDir, AppState) {
+async fn named(name: &str) -> (tempfile::TempDir, AppState, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let me = KeyraftNode {
@@ -41,10 +41,10 @@ async fn named(name: &str) -> (tempfile::TempDir, AppState) {
         ..ApiSettings::default()
     };
     let state = AppState {
-        keys: Keyserver::new(raft, store, 1),
+        keys: Keyserver::new(raft, store.clone(), 1),
         settings: Arc::new(settings),
     };
-    (dir, state)
+    (dir, state, store)
 }
 
 /// One answer: status, a header's value, body.
@@ -105,8 +105,8 @@ fn upload(armored: &[u8]) -> at::TestRequest {
 
 #[actix_web::test]
 async fn performance_counts_commits_applies_and_lookups() {
-    let (_dir, state) = named("solo").await;
-    let app = at::init_service(api::app(state)).await;
+    let (_dir, state, store) = named("solo").await;
+    let app = at::init_service(api::app(state.clone())).await;
 
     eprintln!("--- nothing looked up yet");
     let p = call(&app, get("/cluster/performance")).await.json();
@@ -156,12 +156,14 @@ async fn performance_counts_commits_applies_and_lookups() {
         assert_eq!(in_buckets, n("count"), "{name}: {x}");
     }
     assert!(h["commit"]["max_us"].as_u64().unwrap() > 0);
+    drop(app);
+    crate::http_api::close(state, store).await;
 }
 
 #[actix_web::test]
 async fn load_reports_requests_cpu_and_memory() {
-    let (_dir, state) = named("solo").await;
-    let app = at::init_service(api::app(state)).await;
+    let (_dir, state, store) = named("solo").await;
+    let app = at::init_service(api::app(state.clone())).await;
     for _ in 0..3 {
         assert_eq!(call(&app, get("/health")).await.status, 200);
     }
@@ -197,12 +199,14 @@ async fn load_reports_requests_cpu_and_memory() {
     let a = call(&app, get("/cluster/load?scope=everywhere")).await;
     assert_eq!(a.status, 400);
     assert!(a.text().contains("scope"), "{}", a.text());
+    drop(app);
+    crate::http_api::close(state, store).await;
 }
 
 #[actix_web::test]
 async fn routing_needs_the_token_refuses_bad_values_and_changes_lookups_and_ready() {
-    let (_dir, state) = named("solo").await;
-    let app = at::init_service(api::app(state)).await;
+    let (_dir, state, store) = named("solo").await;
+    let app = at::init_service(api::app(state.clone())).await;
     let cert = gen("Route <route@example.org>");
     let fpr = cert.fingerprint().to_hex();
     assert_eq!(
@@ -332,4 +336,6 @@ async fn routing_needs_the_token_refuses_bad_values_and_changes_lookups_and_read
         .json();
     assert_eq!(v["entries"].as_array().unwrap().len(), 4, "{v}");
     assert_eq!(v["entries"][0]["actor"], "admin-token");
+    drop(app);
+    crate::http_api::close(state, store).await;
 }
