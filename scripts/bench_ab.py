@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""A/B of 1-client write latency between keyraft binaries, rounds interleaved.
+
+Each run starts a fresh 3-node cluster from one binary (scripts/bench_cluster.py's Cluster)
+and submits every Debian certificate (1,172) once, in one fixed shuffled order, through one
+client to the leader; it prints p50, p99 and how many requests took over 25 ms. Runs
+alternate between the binaries, so drift of this shared VM hits both alike.
+
+    cp "$CARGO_TARGET_DIR/debug/keyraft" /tmp/keyraft-new   # and build the other one likewise
+    scripts/bench_ab.py --rounds 4 /tmp/keyraft-old /tmp/keyraft-new
+"""
+import argparse
+import http.client
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_cluster as b  # noqa: E402
+
+
+def one_run(binary, certs):
+    with b.Cluster(binary, 3) as c:
+        leader = c.leader()
+        conn = http.client.HTTPConnection("127.0.0.1", leader.http, timeout=60)
+        lat = []
+        for _, body in certs:
+            t = time.monotonic()
+            conn.request("POST", "/pks/add?options=mr", body=body,
+                         headers={"Content-Type": "application/pgp-keys"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise SystemExit(f"{binary}: HTTP {r.status}")
+            lat.append((time.monotonic() - t) * 1000)
+    lat.sort()
+    n = len(lat)
+    return lat[n // 2], lat[min(n - 1, int(n * 0.99))], sum(1 for x in lat if x > 25), n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("binaries", nargs="+")
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    b.OPTS["log"] = "warn"
+    certs = b.debian_certs(b.ALL_DEBIAN)
+    random.Random(1).shuffle(certs)
+    p99s = {x: [] for x in args.binaries}
+    for r in range(1, args.rounds + 1):
+        for binary in args.binaries:
+            p50, p99, over, n = one_run(binary, certs)
+            p99s[binary].append(p99)
+            print(f"round {r} {binary}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+                  f"{over} of {n} over 25 ms", flush=True)
+    for binary, xs in p99s.items():
+        print(f"{binary}: median p99 {statistics.median(xs):.1f} ms over {len(xs)} runs")
+
+
+if __name__ == "__main__":
+    main()
