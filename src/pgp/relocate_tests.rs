@@ -5,7 +5,7 @@ use sequoia_openpgp::serialize::SerializeInto;
 use sequoia_openpgp::types::SignatureType;
 use sequoia_openpgp::Packet;
 
-use super::super::tests::{flood, gen, t0, third_party_count};
+use super::super::tests::{first_binding, flood, gen, t0, third_party_count};
 use super::super::{clean, parse_submission, Limits, Parsed, RawCert};
 
 /// The certificate of `packets`, as a submission of their serialization.
@@ -63,15 +63,7 @@ fn self_and_third_party_signatures_out_of_place_are_put_back() {
 #[test]
 fn a_signature_that_fits_no_component_is_dropped_with_the_user_id_it_came_with() {
     let c = gen("Alice <alice@example.org>");
-    let other = gen("Mallory <mallory@example.org>");
-    let foreign = other
-        .userids()
-        .next()
-        .unwrap()
-        .self_signatures()
-        .next()
-        .unwrap()
-        .clone();
+    let foreign = first_binding(&gen("Mallory <mallory@example.org>"));
     // Mallory's own binding, claimed for Alice's key: it carries Mallory's issuer, so it
     // reads as a third-party certification whose digest fits no user id of Alice's.
     let mut packets: Vec<Packet> = c.clone().into_packets().collect();

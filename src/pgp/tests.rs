@@ -25,6 +25,17 @@ pub(super) fn gen(uid: &str) -> Cert {
         .0
 }
 
+/// The first self-signature of `c`'s first user id.
+pub(super) fn first_binding(c: &Cert) -> sequoia_openpgp::packet::Signature {
+    c.userids()
+        .next()
+        .unwrap()
+        .self_signatures()
+        .next()
+        .unwrap()
+        .clone()
+}
+
 pub(super) fn public(c: &Cert) -> Vec<u8> {
     c.to_vec().unwrap()
 }
@@ -107,14 +118,7 @@ fn truncated_armor_is_reported() {
 fn a_user_id_with_a_forged_binding_is_dropped_and_not_indexed() {
     let c = gen("Alice <alice@example.org>");
     // Re-bind the signature of "Alice" to a user id she never signed.
-    let good = c
-        .userids()
-        .next()
-        .unwrap()
-        .self_signatures()
-        .next()
-        .unwrap()
-        .clone();
+    let good = first_binding(&c);
     let mut packets: Vec<Packet> = c.clone().into_packets().collect();
     packets.push(UserID::from("Mallory <mallory@example.org>").into());
     packets.push(good.into());

@@ -206,18 +206,25 @@ fn a_wiped_node_rejoins_under_a_new_id_that_replaces_its_old_record() {
     }
 }
 
-#[test]
-fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
-    let t = TestDir::new();
-    let certs = debian_certs(2);
+/// Four members formed by join, with the admin token: the members, their ids, the leader's
+/// position and a follower's (n4, or n3 if n4 leads).
+fn four_members_and_a_follower(t: &TestDir) -> (Vec<Member>, Vec<u64>, usize, usize) {
     let token = t.file("admin-token", &format!("{TOKEN}\n"));
-    let mut members = start_cluster(&t, &["n1", "n2", "n3", "n4"], |s| s.admin_token(&token));
+    let members = start_cluster(t, &["n1", "n2", "n3", "n4"], |s| s.admin_token(&token));
     let all: Vec<&Member> = members.iter().collect();
     let ids: Vec<u64> = members.iter().map(Member::id).collect();
     wait_members(&all, &ids);
     let leader = leader_of(&all);
-    // Remove n4, or n3 if n4 leads, asking a third member that is neither.
     let x = if leader == 3 { 2 } else { 3 };
+    (members, ids, leader, x)
+}
+
+#[test]
+fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
+    let t = TestDir::new();
+    let certs = debian_certs(2);
+    let (mut members, ids, leader, x) = four_members_and_a_follower(&t);
+    // Remove that follower, asking a third member that is neither it nor the leader.
     let via = (0..4).find(|&i| i != x && i != leader).unwrap();
     let x_id = ids[x];
     let leader_id = ids[leader];
@@ -285,13 +292,7 @@ fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
 #[test]
 fn a_member_removed_while_down_learns_it_from_the_others_when_it_restarts() {
     let t = TestDir::new();
-    let token = t.file("admin-token", &format!("{TOKEN}\n"));
-    let mut members = start_cluster(&t, &["n1", "n2", "n3", "n4"], |s| s.admin_token(&token));
-    let all: Vec<&Member> = members.iter().collect();
-    let ids: Vec<u64> = members.iter().map(Member::id).collect();
-    wait_members(&all, &ids);
-    let leader = leader_of(&all);
-    let x = if leader == 3 { 2 } else { 3 };
+    let (mut members, _, leader, x) = four_members_and_a_follower(&t);
 
     tracing_phase(&format!("{} is killed (-9), then removed", members[x].name));
     members[x].kill9();
