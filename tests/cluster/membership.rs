@@ -206,6 +206,22 @@ fn a_wiped_node_rejoins_under_a_new_id_that_replaces_its_old_record() {
     }
 }
 
+/// Wait, at most `limit`, until `m` answers `/ready` with 503 and a reason containing `want`.
+fn wait_removed(m: &Member, want: &str, limit: Duration) -> Response {
+    let ready = poll(limit, || {
+        let r = m.get("/ready")?;
+        (r.status == 503 && r.text().contains(want)).then_some(r)
+    });
+    ready.unwrap_or_else(|| {
+        panic!(
+            "{} /ready: {:?}; log:\n{}",
+            m.name,
+            m.get("/ready").map(|r| (r.status, r.text())),
+            m.log_text()
+        )
+    })
+}
+
 /// Four members formed by join, with the admin token: the members, their ids, the leader's
 /// position and a follower's (n4, or n3 if n4 leads).
 fn four_members_and_a_follower(t: &TestDir) -> (Vec<Member>, Vec<u64>, usize, usize) {
@@ -246,18 +262,8 @@ fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
     tracing_phase("the removed process says so: /ready 503 with the reason, status removed");
     let removed = &members[x];
     let want = format!("removed from the cluster by node {leader_id}");
-    let ready = poll(Duration::from_secs(30), || {
-        let r = removed.get("/ready")?;
-        (r.status == 503 && r.text().contains(&want)).then_some(r)
-    });
-    assert!(
-        ready.is_some(),
-        "{} /ready: {:?}; log:\n{}",
-        removed.name,
-        removed.get("/ready").map(|r| (r.status, r.text())),
-        removed.log_text()
-    );
-    assert_eq!(ready.unwrap().text().trim_end().lines().count(), 1);
+    let ready = wait_removed(removed, &want, Duration::from_secs(30));
+    assert_eq!(ready.text().trim_end().lines().count(), 1);
     let status = removed.json("/cluster/status").expect("status answers");
     assert_eq!(status["removed"], true, "{status}");
     assert_eq!(status["removal"]["by"], leader_id, "{status}");
@@ -317,16 +323,10 @@ fn a_member_removed_while_down_learns_it_from_the_others_when_it_restarts() {
     tracing_phase("it restarts with its data and asks the others");
     members[x].spawn();
     let removed = &members[x];
-    let ready = poll(Duration::from_secs(45), || {
-        let r = removed.get("/ready")?;
-        (r.status == 503 && r.text().contains("no longer lists this node")).then_some(r)
-    });
-    assert!(
-        ready.is_some(),
-        "{} /ready: {:?}; log:\n{}",
-        removed.name,
-        removed.get("/ready").map(|r| (r.status, r.text())),
-        removed.log_text()
+    wait_removed(
+        removed,
+        "no longer lists this node",
+        Duration::from_secs(45),
     );
     let status = removed.json("/cluster/status").expect("status answers");
     assert_eq!(status["removed"], true, "{status}");
