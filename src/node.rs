@@ -147,10 +147,7 @@ impl Node {
                 .await?;
                 let keys = Keyserver::new(raft.clone(), store, id)
                     .with_forwarder(Arc::new(transport()))
-                    .with_admission(Admission {
-                        secret: secret.clone(),
-                        max_voters: cluster.max_voters,
-                    });
+                    .with_admission(Admission::new(secret.clone(), cluster.max_voters));
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let (keys2, tls2) = (keys.clone(), tls.clone());
                 tokio::spawn(async move {

@@ -8,6 +8,7 @@
 //! [`super::refusals`]). A refusal decided by the leader for a forwarded join is reported by the
 //! leader only, not again by the forwarding node.
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -58,17 +59,18 @@ pub struct JoinOutcome {
 #[derive(Clone, Debug)]
 pub struct Admission {
     /// The secret joiners must present; `None` admits anyone who can reach the listener.
-    pub secret: Option<String>,
+    secret: Option<String>,
     /// Most voters; further nodes stay learners.
-    pub max_voters: usize,
+    max_voters: usize,
+    /// Held by every membership change this node makes as leader. openraft refuses a change
+    /// while another is uncommitted, so two joins arriving together (add learner, promote)
+    /// would otherwise leave the second joiner a learner.
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for Admission {
     fn default() -> Admission {
-        Admission {
-            secret: None,
-            max_voters: 5,
-        }
+        Admission::new(None, 5)
     }
 }
 
@@ -107,6 +109,15 @@ fn leader_elsewhere(raft: &RaftNode) -> Result<Option<KeyraftNode>, RaftError> {
 }
 
 impl Admission {
+    /// Joiners must present `secret` (if any); at most `max_voters` members vote.
+    pub fn new(secret: Option<String>, max_voters: usize) -> Admission {
+        Admission {
+            secret,
+            max_voters,
+            changes: Arc::default(),
+        }
+    }
+
     /// Admit `spec`: on the leader, or forwarded to it. Checks the secret first (a follower
     /// never forwards a wrong one), then, on the leader, that the joiner answers at its address
     /// under its id and name. Every refusal decided here is also handed to `on_refuse`.
@@ -157,12 +168,16 @@ impl Admission {
                 }
             }
         }
+        let _changing = self.changes.lock().await;
         let members = raft.members();
         if let Some(m) = members.iter().find(|m| m.id == spec.id) {
             tracing::info!(node_id = spec.id, name = %spec.name, "join: already a member");
+            // A joiner retries when its promotion failed (a leader change, or a timeout after
+            // it was added): finish the job here.
+            let voter = m.voter || self.promote_if_room(raft, spec.id).await?;
             return Ok(JoinOutcome {
                 leader_id: raft.id(),
-                voter: m.voter,
+                voter,
                 replaced: None,
             });
         }
@@ -187,12 +202,7 @@ impl Admission {
         }
         tracing::info!(node_id = spec.id, name = %spec.name, raft_addr = %spec.raft_addr, "join: adding learner");
         raft.add_learner(spec.id, node).await?;
-        let voters = raft.members().iter().filter(|m| m.voter).count();
-        let voter = voters < self.max_voters;
-        if voter {
-            raft.promote(BTreeSet::from([spec.id])).await?;
-            tracing::info!(node_id = spec.id, "join: promoted to voter");
-        }
+        let voter = self.promote_if_room(raft, spec.id).await?;
         Ok(JoinOutcome {
             leader_id: raft.id(),
             voter,
@@ -232,6 +242,7 @@ impl Admission {
             let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
             return f.leave(&leader, id).await.map_err(forwarded);
         }
+        let _changing = self.changes.lock().await;
         tracing::info!(node_id = id, name = %member.node.name, "leave: removing member");
         raft.remove(BTreeSet::from([id])).await?;
         removed(member);
@@ -246,5 +257,17 @@ impl Admission {
             }
         }
         Ok(id)
+    }
+
+    /// Make learner `id` a voter if the cluster has fewer than `max_voters`; whether it now
+    /// votes. The caller holds `changes`.
+    async fn promote_if_room(&self, raft: &RaftNode, id: NodeId) -> Result<bool, RaftError> {
+        let voters = raft.members().iter().filter(|m| m.voter).count();
+        if voters >= self.max_voters {
+            return Ok(false);
+        }
+        raft.promote(BTreeSet::from([id])).await?;
+        tracing::info!(node_id = id, "join: promoted to voter");
+        Ok(true)
     }
 }

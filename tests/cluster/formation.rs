@@ -1,6 +1,7 @@
 //! Formation by join (HKP addresses), follower writes forwarded with read-your-writes, kill -9
 //! of the leader, catch-up after restart, refusal of a wrong cluster secret (audited in the
-//! replicated audit trail); five voters and a sixth node that stays a learner.
+//! replicated audit trail); four nodes joining at once all become voters, and a sixth node stays
+//! a learner.
 use std::time::Duration;
 
 use crate::harness::*;
@@ -124,10 +125,40 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
 }
 
 #[test]
-fn five_voters_then_a_sixth_node_stays_a_learner_and_serves_reads() {
+fn four_joining_at_once_all_vote_then_a_sixth_node_stays_a_learner_and_serves_reads() {
     let t = TestDir::new();
     let certs = debian_certs(4);
-    let members = start_cluster(&t, &["m1", "m2", "m3", "m4", "m5", "m6"], |s| s);
+    tracing_phase("m1 bootstraps; m2..m5 join it at the same moment");
+    let first = t.spec("m1").start();
+    first.wait_ready();
+    let seed = first.http;
+    // Frozen, m1 queues the joiners' first requests and answers them all at once when it
+    // resumes, so their admissions overlap.
+    first.signal("STOP");
+    let joiners: Vec<Member> = ["m2", "m3", "m4", "m5"]
+        .iter()
+        .map(|name| t.spec(name).join(&[seed]).start())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    first.signal("CONT");
+    let mut members = vec![first];
+    for m in joiners {
+        m.wait_ready();
+        members.push(m);
+    }
+    // openraft refuses a membership change while another is uncommitted; the leader must
+    // serialise the four admissions rather than leave a joiner a learner.
+    let v = members[0].json("/cluster/status").unwrap();
+    assert_eq!(v["status"]["voters"].as_array().unwrap().len(), 5, "{v}");
+    assert!(
+        v["status"]["learners"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+
+    tracing_phase("m6 joins: the cluster has max_voters, so it stays a learner");
+    let m6 = t.spec("m6").join(&[seed]).start();
+    m6.wait_ready();
+    members.push(m6);
     let v = members[0].json("/cluster/status").unwrap();
     assert_eq!(v["status"]["voters"].as_array().unwrap().len(), 5, "{v}");
     assert_eq!(v["status"]["learners"].as_array().unwrap().len(), 1, "{v}");

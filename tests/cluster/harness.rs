@@ -242,6 +242,18 @@ impl Member {
         }
     }
 
+    /// Send `signal` (`STOP`, `CONT`) to the PID spawned.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.borrow().as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Remove the data directory (the member must be stopped).
     pub fn wipe(&self) {
         assert!(
