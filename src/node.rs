@@ -73,6 +73,12 @@ pub struct Node {
     pub server: actix_server::Server,
     pub addrs: Vec<std::net::SocketAddr>,
     rpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The gRPC server, ended by `rpc_stop`.
+    rpc_task: Option<tokio::task::JoinHandle<()>>,
+    /// Background loops (membership watch, auto-remove); aborted at stop.
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    /// Closed last, once every other handle is gone.
+    store: Store,
 }
 
 impl Node {
@@ -130,11 +136,11 @@ impl Node {
         let secret = read_secret(cluster.secret_file.as_deref(), "the cluster secret")?;
         let admin_token = read_secret(cluster.admin_token_file.as_deref(), "the admin token")?;
         let transport = || GrpcTransport::new(tls.clone(), cluster.source_ip);
-        let (raft, keys, rpc_stop) = match listener {
+        let (raft, keys, rpc_stop, rpc_task) = match listener {
             None => {
                 let raft = RaftNode::start(store.clone(), id, me.clone(), settings).await?;
-                let keys = Keyserver::new(raft.clone(), store, id);
-                (raft, keys, None)
+                let keys = Keyserver::new(raft.clone(), store.clone(), id);
+                (raft, keys, None, None)
             }
             Some(listener) => {
                 let raft = RaftNode::start_with_transport(
@@ -145,12 +151,12 @@ impl Node {
                     transport(),
                 )
                 .await?;
-                let keys = Keyserver::new(raft.clone(), store, id)
+                let keys = Keyserver::new(raft.clone(), store.clone(), id)
                     .with_forwarder(Arc::new(transport()))
                     .with_admission(Admission::new(secret.clone(), cluster.max_voters));
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let (keys2, tls2) = (keys.clone(), tls.clone());
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let server = rpc::server::serve(keys2, tls2.as_ref(), listener, async {
                         let _ = stopped.await;
                     });
@@ -158,7 +164,7 @@ impl Node {
                         tracing::error!(error = %e, "gRPC server stopped");
                     }
                 });
-                (raft, keys, Some(stop))
+                (raft, keys, Some(stop), Some(task))
             }
         };
         // Persisted state, not the membership in openraft's metrics (still empty for a moment
@@ -180,11 +186,16 @@ impl Node {
             )
             .await?;
         }
-        tokio::spawn(crate::raft::removal::watch_membership(keys.clone()));
+        let mut loops = vec![tokio::spawn(crate::raft::removal::watch_membership(
+            keys.clone(),
+        ))];
         if cluster.auto_remove_after > 0 {
             let after = Duration::from_secs(cluster.auto_remove_after);
             info!(?after, "auto-remove of unreachable members is on");
-            tokio::spawn(crate::raft::auto_remove::run(keys.clone(), after));
+            loops.push(tokio::spawn(crate::raft::auto_remove::run(
+                keys.clone(),
+                after,
+            )));
         }
         let state = AppState {
             keys: keys.clone(),
@@ -237,34 +248,67 @@ impl Node {
             server,
             addrs,
             rpc_stop,
+            rpc_task,
+            loops,
+            store,
         })
     }
 
     /// Serve until SIGINT or SIGTERM: stop accepting, let in-flight requests finish (bounded
-    /// by the write timeout), then shut Raft down.
+    /// by the write timeout), shut Raft down, then close RocksDB once nothing else holds it
+    /// (RocksDB still open while the process exits can abort the exit).
     pub async fn run(self) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = &mut server => { r??; }
-            _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
-            _ = term.recv() => info!("SIGTERM: stopping"),
+        let server_ended = tokio::select! {
+            r = &mut server => { r??; true }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); false }
+            _ = term.recv() => { info!("SIGTERM: stopping"); false }
             _ = removed(&self.keys) => {
                 tracing::warn!("this node left the cluster: stopping");
+                false
+            }
+        };
+        handle.stop(true).await;
+        // The server future returns once its workers have dropped their state.
+        if !server_ended {
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(CLOSE_WAIT, server).await {
+                tracing::warn!(error = %e, "HTTP server ended with an error");
             }
         }
-        handle.stop(true).await;
         if let Some(stop) = self.rpc_stop {
             let _ = stop.send(());
         }
+        for l in &self.loops {
+            l.abort();
+        }
         info!("HTTP stopped; shutting Raft down");
         self.raft.shutdown().await;
-        info!("stopped");
+        if let Some(task) = self.rpc_task {
+            let _ = tokio::time::timeout(CLOSE_WAIT, task).await;
+        }
+        for l in self.loops {
+            let _ = l.await;
+        }
+        drop((self.keys, self.raft));
+        let store = self.store;
+        let closed = tokio::task::spawn_blocking(move || store.close(CLOSE_WAIT)).await?;
+        if closed {
+            info!("stopped; database closed");
+        } else {
+            tracing::warn!(
+                "stopped; the database was still in use after {CLOSE_WAIT:?} (every \
+                 acknowledged write is in its fsynced write-ahead log)"
+            );
+        }
         Ok(())
     }
 }
+
+/// How long the stop waits for each server to end and for the last database handle.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Resolves once this node has left through a leave call it answered (it stops then, as the
 /// caller asked). A node removed through another member is not stopped: when the membership it

@@ -88,6 +88,31 @@ impl TestNode {
         }
     }
 
+    /// SIGTERM by the PID this harness started; the exit status (bounded wait: 60 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}", c.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        panic!("no exit within 60 s of SIGTERM");
+    }
+
+    /// Start again (after [`TestNode::terminate`]) on the same data directory and port.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Start again on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();

@@ -106,7 +106,7 @@ fn kill9_during_a_bulk_load_loses_no_acknowledged_certificate() {
 }
 
 #[test]
-fn keyraft_import_loads_the_debian_keyring_and_survives_restart() {
+fn keyraft_import_loads_the_debian_keyring_and_survives_a_sigterm_restart() {
     let mut node = TestNode::start(&[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyraft"))
         .args([
@@ -145,7 +145,12 @@ fn keyraft_import_loads_the_debian_keyring_and_survives_restart() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
         "new 0, updated 0, unchanged {expected}, rejected 0"
     )));
-    node.restart();
+    eprintln!("--- SIGTERM: a clean exit that closes the database; then start again");
+    let status = node.terminate();
+    let log = std::fs::read_to_string(node.log_path()).unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("stopped; database closed"), "{log}");
+    node.start_again();
     let stats = node.get("/pks/lookup?op=stats&options=mr").unwrap();
     let v: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
     assert_eq!(v["certificates"].as_u64().unwrap(), expected as u64);
