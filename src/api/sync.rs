@@ -95,6 +95,7 @@ pub async fn status(
                 "last_heartbeat_ms_ago": s.millis_since_heartbeat.get(&m.id).copied().flatten(),
                 "needs_snapshot": m.id != s.id
                     && s.purged_index.is_some_and(|p| matched.is_none_or(|i| i < p)),
+                "appends": raft.sync_tracker().append_path_of(m.id),
             })
         })
         .collect();

@@ -25,6 +25,7 @@
 //! node.shutdown().await;
 //! ```
 pub mod admission;
+pub mod append_stream;
 pub mod apply;
 mod apply_admin;
 pub mod auto_remove;
@@ -79,5 +80,5 @@ pub use replay::SignedUse;
 pub use routing::{Consistency, Routing};
 pub use settings::RaftSettings;
 pub use status::NodeStatus;
-pub use transport::{NoPeers, PeerTransport, RaftRpc, TransportError};
+pub use transport::{NoPeers, PeerTransport, RaftRpc, ReplyStream, TransportError};
 pub use types::{KeyraftNode, NodeId};

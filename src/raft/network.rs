@@ -2,7 +2,9 @@
 //! [`PeerTransport`].
 //!
 //! This adapter encodes openraft messages with [`crate::raft::codec`], hands the bytes to the
-//! transport, and decodes the [`Reply`]. It maps transport failures to the openraft error that
+//! transport, and decodes the [`Reply`]. Appends go as one pipelined stream per replication
+//! session ([`crate::raft::append_stream`]); to a peer without streams (an older release) they
+//! go as unary calls. It maps transport failures to the openraft error that
 //! makes replication behave well: unreachable peers are backed off, timeouts and network errors
 //! retried, and a failure reported by the peer itself is treated as unreachable.
 //!
@@ -11,23 +13,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{EntryPayload, OptionalSend, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::raft::codec;
 use crate::raft::sync::SyncTracker;
 use crate::raft::transport::{PeerTransport, RaftRpc, TransportError};
 use crate::raft::types::{Entry, KeyraftNode, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::raft::wire::{Reply, SnapshotHeader};
+use crate::raft::{append_stream, codec};
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
@@ -60,6 +64,11 @@ impl<T: PeerTransport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
             node: node.clone(),
             transport: self.transport.clone(),
             sync: self.sync.clone(),
+            // openraft makes a new client after errors: remember a peer without streams.
+            streams: self
+                .sync
+                .append_path_of(target)
+                .is_none_or(|p| p.transport == "stream"),
         }
     }
 }
@@ -71,6 +80,31 @@ pub struct PeerClient<T: PeerTransport> {
     node: KeyraftNode,
     transport: Arc<T>,
     sync: Arc<SyncTracker>,
+    /// Whether appends go as a stream; false once the peer said it has no streams.
+    streams: bool,
+}
+
+/// The openraft error for a transport failure of a call from `me` to `target`: a timeout, a
+/// network error (retried at once) or an unreachable peer (backed off).
+pub(super) fn rpc_error(
+    me: NodeId,
+    target: NodeId,
+    e: TransportError,
+    action: RPCTypes,
+    timeout: Duration,
+) -> RPCError<TypeConfig> {
+    match e {
+        TransportError::Timeout(_) => RPCError::Timeout(Timeout {
+            action,
+            id: me,
+            target,
+            timeout,
+        }),
+        TransportError::Network(..) | TransportError::Unsupported(..) => {
+            RPCError::Network(NetworkError::from_string(e))
+        }
+        _ => RPCError::Unreachable(Unreachable::from_string(e)),
+    }
 }
 
 impl<T: PeerTransport> PeerClient<T> {
@@ -80,16 +114,7 @@ impl<T: PeerTransport> PeerClient<T> {
         action: RPCTypes,
         timeout: Duration,
     ) -> RPCError<TypeConfig> {
-        match e {
-            TransportError::Timeout(_) => RPCError::Timeout(Timeout {
-                action,
-                id: self.me,
-                target: self.target,
-                timeout,
-            }),
-            TransportError::Network(..) => RPCError::Network(NetworkError::from_string(e)),
-            _ => RPCError::Unreachable(Unreachable::from_string(e)),
-        }
+        rpc_error(self.me, self.target, e, action, timeout)
     }
 
     async fn request<Req: Serialize, Resp: DeserializeOwned>(
@@ -110,13 +135,16 @@ impl<T: PeerTransport> PeerClient<T> {
     }
 }
 
+/// How long opening an append stream may take (connecting included).
+const STREAM_SETUP: Duration = Duration::from_secs(2);
+
 /// Most certificate bytes one append call carries (a single larger entry still goes alone):
 /// keeps each call well under the gRPC message limit and its deadline meaningful.
 const APPEND_BUDGET: usize = 8 << 20;
 
 /// How many leading `entries` fit in [`APPEND_BUDGET`] (at least one), by the size of the
 /// certificates they carry.
-fn within_budget(entries: &[Entry]) -> usize {
+pub(super) fn within_budget(entries: &[Entry]) -> usize {
     let mut total = 0;
     for (i, e) in entries.iter().enumerate() {
         let n = match &e.payload {
@@ -184,6 +212,58 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
                 AppendEntriesResponse::PartialSuccess(last)
             }
             (r, _) => r,
+        })
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<BoxStream<'s, RpcResult<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streams {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let soft_ttl = option.soft_ttl();
+            let owed = Arc::default();
+            let calls = append_stream::encode_requests(
+                input,
+                soft_ttl,
+                Arc::clone(&owed),
+                (Arc::clone(&self.sync), self.target),
+            );
+            let open = self.transport.append_stream(self.target, &self.node, calls);
+            let setup = soft_ttl.max(STREAM_SETUP);
+            let replies = match tokio::time::timeout(setup, open).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(TransportError::Unsupported(..))) => {
+                    tracing::info!(
+                        target_id = self.target,
+                        "peer has no append streams (an older release): sending unary appends"
+                    );
+                    self.streams = false;
+                    self.sync.unary_only(self.target);
+                    return Err(RPCError::Network(NetworkError::from_string(
+                        "no append streams; retrying with unary calls",
+                    )));
+                }
+                Ok(Err(e)) => return Err(self.map_err(e, RPCTypes::AppendEntries, setup)),
+                Err(_) => {
+                    let e = TransportError::Timeout(self.target);
+                    return Err(self.map_err(e, RPCTypes::AppendEntries, setup));
+                }
+            };
+            self.sync.stream_opened(self.target);
+            Ok(append_stream::decode_answers(
+                replies,
+                owed,
+                soft_ttl,
+                self.me,
+                self.target,
+            ))
         })
     }
 

@@ -6,7 +6,8 @@
 //! unreachable is retried at once) and sends a heartbeat; with `snapshot`, it also builds a
 //! snapshot and purges the log up to it, so a member far behind receives the snapshot instead of
 //! replaying a long log. [`SyncTracker`] records every snapshot this node sends or receives:
-//! peer, snapshot index, size, bytes so far (receiving side), state and duration.
+//! peer, snapshot index, size, bytes so far (receiving side), state and duration; and how
+//! appends reach each peer (pipelined streams, or unary calls to an older release).
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -67,14 +68,57 @@ impl Transfer {
     }
 }
 
-/// Snapshot transfers this node sent (latest per receiver) and received (latest).
+/// How this node's appends reach one peer, as `/cluster/sync/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AppendPath {
+    /// `stream` (pipelined, one stream per replication session) or `unary` (one call per
+    /// request: the peer has no streams).
+    pub transport: &'static str,
+    /// Streams opened (a replication session, a heartbeat).
+    pub streams_opened: u64,
+    /// Append requests sent over streams.
+    pub requests_streamed: u64,
+}
+
+/// Snapshot transfers this node sent (latest per receiver) and received (latest), and how its
+/// appends reach each peer.
 #[derive(Debug, Default)]
 pub struct SyncTracker {
     outgoing: Mutex<BTreeMap<NodeId, Transfer>>,
     incoming: Mutex<Option<Transfer>>,
+    appends: Mutex<BTreeMap<NodeId, AppendPath>>,
 }
 
 impl SyncTracker {
+    fn append_path(&self, peer: NodeId, f: impl FnOnce(&mut AppendPath)) {
+        let mut map = self.appends.lock().expect("poisoned");
+        let p = map.entry(peer).or_insert_with(|| AppendPath {
+            transport: "stream",
+            ..AppendPath::default()
+        });
+        f(p);
+    }
+
+    /// An append stream to `peer` opened.
+    pub fn stream_opened(&self, peer: NodeId) {
+        self.append_path(peer, |p| p.streams_opened += 1);
+    }
+
+    /// An append request went to `peer` over a stream.
+    pub fn request_streamed(&self, peer: NodeId) {
+        self.append_path(peer, |p| p.requests_streamed += 1);
+    }
+
+    /// `peer` has no append streams; appends go as unary calls from now on.
+    pub fn unary_only(&self, peer: NodeId) {
+        self.append_path(peer, |p| p.transport = "unary");
+    }
+
+    /// How appends reach `peer`, once any went.
+    pub fn append_path_of(&self, peer: NodeId) -> Option<AppendPath> {
+        self.appends.lock().expect("poisoned").get(&peer).cloned()
+    }
+
     /// A snapshot of `bytes_total` bytes at `index` starts towards `peer`.
     pub fn send_started(&self, peer: NodeId, index: Option<u64>, bytes_total: Option<u64>) {
         let t = Transfer {

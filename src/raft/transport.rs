@@ -7,9 +7,15 @@
 //! [`crate::raft::RaftNode::handle_rpc`] (or, for snapshots,
 //! [`crate::raft::RaftNode::handle_snapshot`]) and returns the reply bytes unchanged.
 //!
+//! Appends may also travel as one ordered stream per replication session
+//! ([`PeerTransport::append_stream`]), answered on the peer by
+//! [`crate::raft::RaftNode::handle_append_stream`]; see [`crate::raft::append_stream`].
+//!
 //! [`NoPeers`] is the transport of a single-node cluster: every call fails as unreachable.
 use std::future::Future;
 use std::time::Duration;
+
+use futures::stream::BoxStream;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +48,13 @@ pub enum TransportError {
     /// The call failed after the connection was made; raft may retry at once.
     #[error("rpc to peer {0} failed: {1}")]
     Network(NodeId, String),
+    /// The peer does not know the call (an older release during a rolling upgrade).
+    #[error("peer {0} does not support {1}")]
+    Unsupported(NodeId, &'static str),
 }
+
+/// The replies of a stream of appends, in the order of the requests.
+pub type ReplyStream = BoxStream<'static, Result<Vec<u8>, TransportError>>;
 
 /// Sends raft messages to peers. Implemented by `rpc`.
 pub trait PeerTransport: Send + Sync + 'static {
@@ -55,6 +67,16 @@ pub trait PeerTransport: Send + Sync + 'static {
         body: Vec<u8>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+
+    /// Open a stream of appends to `target`: every body `calls` yields (an encoded append
+    /// request) is delivered in order, and the returned stream yields one reply body per request,
+    /// in the same order. Deadlines are the caller's: the stream itself has none.
+    fn append_stream(
+        &self,
+        target: NodeId,
+        node: &KeyraftNode,
+        calls: BoxStream<'static, Vec<u8>>,
+    ) -> impl Future<Output = Result<ReplyStream, TransportError>> + Send;
 
     /// Stream a full snapshot to `target`: first `header`, then the bytes of `data` (read from
     /// its current position, i.e. the start) in chunks. Returns the peer's reply body.
@@ -82,6 +104,18 @@ impl PeerTransport for NoPeers {
         _body: Vec<u8>,
         _timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        Err(TransportError::Unreachable(
+            target,
+            "no peer transport configured".into(),
+        ))
+    }
+
+    async fn append_stream(
+        &self,
+        target: NodeId,
+        _node: &KeyraftNode,
+        _calls: BoxStream<'static, Vec<u8>>,
+    ) -> Result<ReplyStream, TransportError> {
         Err(TransportError::Unreachable(
             target,
             "no peer transport configured".into(),

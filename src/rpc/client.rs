@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -21,7 +22,7 @@ use super::proto::{
 use super::tls::ClusterTls;
 use crate::raft::{
     ForwardFuture, JoinOutcome, JoinSpec, KeyraftNode, LeaderForwarder, NodeId, PeerTransport,
-    RaftRpc, StateDigest, TransportError,
+    RaftRpc, ReplyStream, StateDigest, TransportError,
 };
 
 /// Snapshot chunk size.
@@ -108,6 +109,32 @@ fn status_error(target: NodeId, s: tonic::Status) -> TransportError {
     }
 }
 
+/// Append request bodies as the calls of an append stream. A named stream rather than a
+/// `map` closure: with a closure, proving the request future `Send` trips a higher-ranked
+/// lifetime error in rustc.
+struct AppendCalls {
+    bodies: futures::stream::BoxStream<'static, Vec<u8>>,
+    target: NodeId,
+}
+
+impl futures::Stream for AppendCalls {
+    type Item = RaftCall;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RaftCall>> {
+        let target = self.target;
+        self.bodies.poll_next_unpin(cx).map(|b| {
+            b.map(|payload| RaftCall {
+                kind: super::kind_number(RaftRpc::Append),
+                payload,
+                target,
+            })
+        })
+    }
+}
+
 impl PeerTransport for GrpcTransport {
     async fn call(
         &self,
@@ -137,6 +164,49 @@ impl PeerTransport for GrpcTransport {
             return Err(TransportError::Network(target, reply.error));
         }
         Ok(reply.payload)
+    }
+
+    fn append_stream(
+        &self,
+        target: NodeId,
+        node: &KeyraftNode,
+        calls: futures::stream::BoxStream<'static, Vec<u8>>,
+    ) -> impl std::future::Future<Output = Result<ReplyStream, TransportError>> + Send {
+        let ch = self
+            .channel(&node.raft_addr, &node.name)
+            .map_err(|e| TransportError::Unreachable(target, e));
+        let calls = AppendCalls {
+            bodies: calls,
+            target,
+        };
+        async move {
+            let mut req = tonic::Request::new(calls);
+            req.metadata_mut().insert(
+                super::TARGET_HEADER,
+                target
+                    .to_string()
+                    .parse()
+                    .expect("digits are valid metadata"),
+            );
+            let replies = RaftServiceClient::new(ch?)
+                .append_stream(req)
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unimplemented => {
+                        TransportError::Unsupported(target, "append streams")
+                    }
+                    _ => status_error(target, s),
+                })?
+                .into_inner();
+            let replies: ReplyStream = replies
+                .map(move |r| match r {
+                    Ok(reply) if reply.error.is_empty() => Ok(reply.payload),
+                    Ok(reply) => Err(TransportError::Network(target, reply.error)),
+                    Err(s) => Err(status_error(target, s)),
+                })
+                .boxed();
+            Ok(replies)
+        }
     }
 
     async fn send_snapshot(

@@ -24,6 +24,9 @@ pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection (all streams to one peer).
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// The metadata key of an append stream naming the Raft id the caller means to reach.
+pub(crate) const TARGET_HEADER: &str = "keyraft-target";
+
 /// Wire number of a Raft RPC kind.
 pub(crate) fn kind_number(rpc: RaftRpc) -> u32 {
     match rpc {

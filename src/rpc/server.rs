@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -24,6 +25,9 @@ use crate::raft::{JoinSpec, Keyserver, RaftError, RaftNode};
 
 struct RaftSvc {
     raft: RaftNode,
+    /// False only under `KEYRAFT_TEST_NO_APPEND_STREAM` (tests): answer append streams as an
+    /// older release does, with UNIMPLEMENTED.
+    append_streams: bool,
 }
 
 struct ClusterSvc {
@@ -82,6 +86,45 @@ impl RaftService for RaftSvc {
                 .await
                 .map_err(|e| e.to_string()),
         ))
+    }
+
+    type AppendStreamStream = futures::stream::BoxStream<'static, Result<RaftReply, Status>>;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftCall>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        if !self.append_streams {
+            return Err(Status::unimplemented("append streams are off on this node"));
+        }
+        let target = req
+            .metadata()
+            .get(super::TARGET_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .ok_or_else(|| Status::invalid_argument("no keyraft-target in the metadata"))?;
+        self.check_target(target)
+            .map_err(Status::failed_precondition)?;
+        let append = super::kind_number(crate::raft::RaftRpc::Append);
+        let calls = req.into_inner().scan((), move |_, call| {
+            std::future::ready(match call {
+                Ok(c) if c.kind == append => Some(c.payload),
+                Ok(c) => {
+                    tracing::warn!(
+                        kind = c.kind,
+                        "not an append in an append stream; ending it"
+                    );
+                    None
+                }
+                Err(_) => None,
+            })
+        });
+        let replies = self.raft.handle_append_stream(calls).map(|payload| {
+            Ok(RaftReply {
+                payload,
+                error: String::new(),
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn snapshot(
@@ -311,7 +354,13 @@ pub async fn serve(
         builder = builder.tls_config(t.server())?;
     }
     builder
-        .add_service(RaftServiceServer::new(RaftSvc { raft }).max_decoding_message_size(64 << 20))
+        .add_service(
+            RaftServiceServer::new(RaftSvc {
+                raft,
+                append_streams: std::env::var_os("KEYRAFT_TEST_NO_APPEND_STREAM").is_none(),
+            })
+            .max_decoding_message_size(64 << 20),
+        )
         .add_service(
             ClusterServiceServer::new(ClusterSvc {
                 keys,

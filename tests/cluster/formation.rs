@@ -11,11 +11,15 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     let t = TestDir::new();
     let certs = debian_certs(10);
 
-    tracing_phase("bootstrap n1, then n2 and n3 join it (concurrently)");
+    tracing_phase("bootstrap n1, then n2 and n3 join it (concurrently); n3 acts as a release without append streams");
     let mut n1 = t.spec("n1").start();
     n1.wait_ready();
     let n2 = t.spec("n2").join(&[n1.http]).start();
-    let n3 = t.spec("n3").join(&[n1.http]).start();
+    let n3 = t
+        .spec("n3")
+        .join(&[n1.http])
+        .env("KEYRAFT_TEST_NO_APPEND_STREAM", "1")
+        .start();
     n2.wait_ready();
     n3.wait_ready();
     let v = n1.stats();
@@ -51,6 +55,22 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     for m in [&n1, &n2, &n3] {
         assert!(served(m, &certs[0].0, index), "{} serves the write", m.name);
     }
+
+    tracing_phase("appends reach n2 over pipelined streams, n3 over unary calls");
+    let sync = n1.json("/cluster/sync/status").unwrap();
+    let path = |id: u64| {
+        sync["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"].as_u64() == Some(id))
+            .map(|m| m["appends"].clone())
+            .unwrap()
+    };
+    let (to_n2, to_n3) = (path(n2.id()), path(n3.id()));
+    assert_eq!(to_n2["transport"], "stream", "{sync}");
+    assert!(to_n2["requests_streamed"].as_u64().unwrap() > 0, "{sync}");
+    assert_eq!(to_n3["transport"], "unary", "{sync}");
 
     tracing_phase("kill -9 the leader (n1); writes go on through n2");
     n1.kill9();
