@@ -65,10 +65,7 @@ impl<T: PeerTransport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
             transport: self.transport.clone(),
             sync: self.sync.clone(),
             // openraft makes a new client after errors: remember a peer without streams.
-            streams: self
-                .sync
-                .append_path_of(target)
-                .is_none_or(|p| p.transport == "stream"),
+            streams: self.sync.try_streams(target),
         }
     }
 }
@@ -223,7 +220,7 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        if !self.streams {
+        if !self.streams && !self.sync.try_streams(self.target) {
             return stream_append_sequential(self, input, option);
         }
         Box::pin(async move {

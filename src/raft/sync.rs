@@ -78,7 +78,14 @@ pub struct AppendPath {
     pub streams_opened: u64,
     /// Append requests sent over streams.
     pub requests_streamed: u64,
+    /// Since when the peer is known to have no streams.
+    #[serde(skip)]
+    unary_since: Option<Instant>,
 }
+
+/// How long a peer without append streams gets unary appends before streams are tried again
+/// (it may have been upgraded since).
+pub const STREAM_RETRY: Duration = Duration::from_secs(600);
 
 /// Snapshot transfers this node sent (latest per receiver) and received (latest), and how its
 /// appends reach each peer.
@@ -101,7 +108,11 @@ impl SyncTracker {
 
     /// An append stream to `peer` opened.
     pub fn stream_opened(&self, peer: NodeId) {
-        self.append_path(peer, |p| p.streams_opened += 1);
+        self.append_path(peer, |p| {
+            p.streams_opened += 1;
+            p.transport = "stream";
+            p.unary_since = None;
+        });
     }
 
     /// An append request went to `peer` over a stream.
@@ -109,9 +120,20 @@ impl SyncTracker {
         self.append_path(peer, |p| p.requests_streamed += 1);
     }
 
-    /// `peer` has no append streams; appends go as unary calls from now on.
+    /// `peer` has no append streams; appends go as unary calls for [`STREAM_RETRY`].
     pub fn unary_only(&self, peer: NodeId) {
-        self.append_path(peer, |p| p.transport = "unary");
+        self.append_path(peer, |p| {
+            p.transport = "unary";
+            p.unary_since = Some(Instant::now());
+        });
+    }
+
+    /// Whether appends to `peer` should try a stream: it is not known to lack them, or it was
+    /// found without them longer than [`STREAM_RETRY`] ago.
+    pub fn try_streams(&self, peer: NodeId) -> bool {
+        self.append_path_of(peer).is_none_or(|p| {
+            p.transport == "stream" || p.unary_since.is_none_or(|t| t.elapsed() > STREAM_RETRY)
+        })
     }
 
     /// How appends reach `peer`, once any went.
@@ -360,5 +382,30 @@ impl RaftNode {
             caught_up: out.iter().all(|m| m.matched_after >= Some(last)),
             members: out,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_without_streams_gets_unary_appends_until_a_stream_opens_again() {
+        let t = SyncTracker::default();
+        assert!(t.try_streams(7), "unknown peers get streams");
+        t.stream_opened(7);
+        t.request_streamed(7);
+        assert!(t.try_streams(7));
+        t.unary_only(7);
+        assert!(!t.try_streams(7), "not again before STREAM_RETRY");
+        assert_eq!(t.append_path_of(7).unwrap().transport, "unary");
+        t.stream_opened(7);
+        assert!(t.try_streams(7));
+        let p = t.append_path_of(7).unwrap();
+        assert_eq!(
+            (p.transport, p.streams_opened, p.requests_streamed),
+            ("stream", 2, 1)
+        );
+        assert!(t.append_path_of(8).is_none());
     }
 }

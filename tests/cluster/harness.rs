@@ -185,8 +185,42 @@ impl Spec {
             raft,
             data,
             log: self.dir.join(format!("{}.log", self.name)),
+            program: PathBuf::from(BIN),
             args,
             env: self.env,
+            child: RefCell::new(None),
+        }
+    }
+
+    /// A member started as the container images start it: `program` (deploy/keyraft-start.sh)
+    /// with `serve` and no flags, configured through `env` only (KEYRAFT_* and the entry
+    /// point's own variables), with the binary's directory first on PATH. Its data directory
+    /// is `KEYRAFT_NODE__DATA_DIR`; `http` and `raft` must match the listeners `env` sets.
+    pub fn entrypoint(
+        self,
+        program: &Path,
+        http: SocketAddr,
+        raft: SocketAddr,
+        env: Vec<(String, String)>,
+    ) -> Member {
+        let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+        let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+        let data = env
+            .iter()
+            .find(|(k, _)| k == "KEYRAFT_NODE__DATA_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .expect("KEYRAFT_NODE__DATA_DIR");
+        let mut env = env;
+        env.push(("PATH".into(), path));
+        Member {
+            name: self.name.clone(),
+            http,
+            raft,
+            data,
+            log: self.dir.join(format!("{}.log", self.name)),
+            program: program.to_path_buf(),
+            args: vec!["serve".into()],
+            env,
             child: RefCell::new(None),
         }
     }
@@ -206,6 +240,7 @@ pub struct Member {
     pub raft: SocketAddr,
     pub data: PathBuf,
     pub log: PathBuf,
+    program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     child: RefCell<Option<Child>>,
@@ -223,7 +258,7 @@ impl Member {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

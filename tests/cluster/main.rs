@@ -4,6 +4,7 @@
 mod harness;
 
 mod conflicts;
+mod deploy;
 mod formation;
 mod maintenance;
 mod membership;
