@@ -1,6 +1,7 @@
 //! Real multi-process clusters of the built binary on loopback addresses: formation, mTLS,
 //! membership changes, partitions (iptables on test-only loopback addresses), snapshots, ten
-//! nodes, the container entry point and make-certs.sh. Each test starts several processes; run with `--test-threads 1`.
+//! nodes, the container entry point and make-certs.sh. Each test starts several processes; run
+//! with `--test-threads 1`.
 mod harness;
 
 mod conflicts;
