@@ -91,6 +91,27 @@ where
     .boxed()
 }
 
+/// Ends the request stream it was made for when dropped.
+pub(super) struct EndOnDrop(futures::stream::AbortHandle);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `calls`, made to end when the returned guard is dropped (it wakes the sender, whose next
+/// poll of the stream then sees its end).
+pub(super) fn until_dropped(
+    calls: BoxStream<'static, Vec<u8>>,
+) -> (BoxStream<'static, Vec<u8>>, EndOnDrop) {
+    let (handle, registration) = futures::stream::AbortHandle::new_pair();
+    (
+        futures::stream::Abortable::new(calls, registration).boxed(),
+        EndOnDrop(handle),
+    )
+}
+
 /// What waiting for the next answer gave.
 enum Next {
     Answer(Vec<u8>),
@@ -125,22 +146,24 @@ async fn next_in_time(replies: &mut ReplyStream, owed: &Mutex<Owed>, idle: Durat
 }
 
 /// openraft's answers from the peer's reply bodies, ending at the first error, a conflict or
-/// a higher vote, or when the peer ends the stream.
+/// a higher vote, or when the peer ends the stream. When it ends or is dropped, so is
+/// `end_calls`, and the request side ends too.
 pub(super) fn decode_answers(
     replies: ReplyStream,
     owed: Arc<Mutex<Owed>>,
+    end_calls: EndOnDrop,
     soft_ttl: Duration,
     me: NodeId,
     target: NodeId,
 ) -> BoxStream<'static, Result_> {
-    futures::stream::unfold(Some((replies, owed)), move |state| async move {
-        let (mut replies, owed) = state?;
+    futures::stream::unfold(Some((replies, owed, end_calls)), move |state| async move {
+        let (mut replies, owed, end_calls) = state?;
         let item: Result_ = match next_in_time(&mut replies, &owed, soft_ttl).await {
             Next::Answer(body) => {
                 match codec::decode::<Reply<StreamAppendResult<TypeConfig>>>(&body) {
                     Ok(Ok(answer)) => {
                         let go_on = answer.is_ok();
-                        return Some((Ok(answer), go_on.then_some((replies, owed))));
+                        return Some((Ok(answer), go_on.then_some((replies, owed, end_calls))));
                     }
                     Ok(Err(msg)) => Err(RPCError::Unreachable(Unreachable::from_string(format!(
                         "peer {target} failed: {msg}"

@@ -232,6 +232,10 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
                 Arc::clone(&owed),
                 (Arc::clone(&self.sync), self.target),
             );
+            // The transport keeps sending the request side until it ends; it must end when
+            // openraft drops the answers (an error, a conflict), or it would go on taking
+            // openraft's requests, those of the next session included.
+            let (calls, end_calls) = append_stream::until_dropped(calls);
             let open = self.transport.append_stream(self.target, &self.node, calls);
             let setup = soft_ttl.max(STREAM_SETUP);
             let replies = match tokio::time::timeout(setup, open).await {
@@ -257,6 +261,7 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
             Ok(append_stream::decode_answers(
                 replies,
                 owed,
+                end_calls,
                 soft_ttl,
                 self.me,
                 self.target,

@@ -195,6 +195,10 @@ impl PeerTransport for GrpcTransport {
                     tonic::Code::Unimplemented => {
                         TransportError::Unsupported(target, "append streams")
                     }
+                    // Another node answers at the address (a wiped node's successor): back off.
+                    tonic::Code::FailedPrecondition => {
+                        TransportError::Unreachable(target, reason(s))
+                    }
                     _ => status_error(target, s),
                 })?
                 .into_inner();

@@ -28,6 +28,14 @@ struct RaftSvc {
     /// False only under `KEYRAFT_TEST_NO_APPEND_STREAM` (tests): answer append streams as an
     /// older release does, with UNIMPLEMENTED.
     append_streams: bool,
+    /// Turns true when the server stops: open append streams end then (a leader keeps one open
+    /// while it leads, and a graceful shutdown waits for every stream).
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 struct ClusterSvc {
@@ -102,10 +110,16 @@ impl RaftService for RaftSvc {
             .get(super::TARGET_HEADER)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .ok_or_else(|| Status::invalid_argument("no keyraft-target in the metadata"))?;
+        if target == 0 {
+            return Err(Status::invalid_argument(
+                "keyraft-target must name a node id",
+            ));
+        }
         self.check_target(target)
             .map_err(Status::failed_precondition)?;
         let append = super::kind_number(crate::raft::RaftRpc::Append);
-        let calls = req.into_inner().scan((), move |_, call| {
+        let calls = req.into_inner().take_until(stopped(self.stopping.clone()));
+        let calls = calls.scan((), move |_, call| {
             std::future::ready(match call {
                 Ok(c) if c.kind == append => Some(c.payload),
                 Ok(c) => {
@@ -118,12 +132,16 @@ impl RaftService for RaftSvc {
                 Err(_) => None,
             })
         });
-        let replies = self.raft.handle_append_stream(calls).map(|payload| {
-            Ok(RaftReply {
-                payload,
-                error: String::new(),
+        let replies = self
+            .raft
+            .handle_append_stream(calls)
+            .map(|payload| {
+                Ok(RaftReply {
+                    payload,
+                    error: String::new(),
+                })
             })
-        });
+            .take_until(stopped(self.stopping.clone()));
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -345,6 +363,11 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let raft = keys.raft().clone();
     let incoming = tokio_stream_from(listener);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     // HTTP/2's default 64 KiB windows make a large append wait for the receiver's window
     // updates several times over (each a scheduling round trip on a busy machine).
     let mut builder = tonic::transport::Server::builder()
@@ -358,6 +381,7 @@ pub async fn serve(
             RaftServiceServer::new(RaftSvc {
                 raft,
                 append_streams: std::env::var_os("KEYRAFT_TEST_NO_APPEND_STREAM").is_none(),
+                stopping,
             })
             .max_decoding_message_size(64 << 20),
         )

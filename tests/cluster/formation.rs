@@ -192,4 +192,13 @@ fn four_joining_at_once_all_vote_then_a_sixth_node_stays_a_learner_and_serves_re
     for m in &members {
         assert!(served(m, &certs[3].0, index), "{} serves the write", m.name);
     }
+
+    tracing_phase("SIGTERM a follower: the leader's open append stream does not keep it from closing its database");
+    let all: Vec<&Member> = members.iter().collect();
+    let follower = all[(leader_of(&all) + 1) % all.len()];
+    follower.signal("TERM");
+    let status = follower.wait_exit(Duration::from_secs(60));
+    let log = follower.log_text();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("stopped; database closed"), "{log}");
 }
