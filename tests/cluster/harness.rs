@@ -178,16 +178,29 @@ impl Spec {
         if let Some(t) = &self.admin_token {
             args.extend(["--admin-token-file".into(), t.display().to_string()]);
         }
-        args.extend(self.args);
+        args.extend(self.args.iter().cloned());
+        let env = self.env.clone();
+        self.member(PathBuf::from(BIN), (http, raft), data, args, env)
+    }
+
+    /// The member this spec names, running `program` with `args` and `env` (not started).
+    fn member(
+        &self,
+        program: PathBuf,
+        (http, raft): (SocketAddr, SocketAddr),
+        data: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Member {
         Member {
             name: self.name.clone(),
             http,
             raft,
             data,
             log: self.dir.join(format!("{}.log", self.name)),
-            program: PathBuf::from(BIN),
+            program,
             args,
-            env: self.env,
+            env,
             child: RefCell::new(None),
         }
     }
@@ -212,17 +225,13 @@ impl Spec {
             .expect("KEYRAFT_NODE__DATA_DIR");
         let mut env = env;
         env.push(("PATH".into(), path));
-        Member {
-            name: self.name.clone(),
-            http,
-            raft,
+        self.member(
+            program.to_path_buf(),
+            (http, raft),
             data,
-            log: self.dir.join(format!("{}.log", self.name)),
-            program: program.to_path_buf(),
-            args: vec!["serve".into()],
+            vec!["serve".into()],
             env,
-            child: RefCell::new(None),
-        }
+        )
     }
 
     /// Build and spawn (does not wait for readiness).
