@@ -31,7 +31,8 @@ use super::types::{NodeId, TypeConfig};
 use super::wire::Reply;
 use super::RaftNode;
 
-type Result_ = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+/// One of openraft's answers to a streamed append, or why there is none.
+type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// The answers still owed, by deadline, and whether the request side has ended; shared by
 /// the request and the answer side of one session.
@@ -155,10 +156,10 @@ pub(super) fn decode_answers(
     soft_ttl: Duration,
     me: NodeId,
     target: NodeId,
-) -> BoxStream<'static, Result_> {
+) -> BoxStream<'static, Answer> {
     futures::stream::unfold(Some((replies, owed, end_calls)), move |state| async move {
         let (mut replies, owed, end_calls) = state?;
-        let item: Result_ = match next_in_time(&mut replies, &owed, soft_ttl).await {
+        let item: Answer = match next_in_time(&mut replies, &owed, soft_ttl).await {
             Next::Answer(body) => {
                 match codec::decode::<Reply<StreamAppendResult<TypeConfig>>>(&body) {
                     Ok(Ok(answer)) => {
