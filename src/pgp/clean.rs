@@ -248,10 +248,57 @@ fn third_party(packets: &[Packet], handle: &KeyHandle) -> Vec<Certification> {
 
 /// The flooding defence, applied at ingestion and after every merge. Deterministic: the
 /// canonical packet order breaks ties between certifications made at the same second.
+///
+/// Most certificates are within the limits; [`within_limits`] finds that by reading the
+/// certificate in place, and only the others are taken apart into packets.
 pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
+    if within_limits(&cert, limits) {
+        return Ok(cert);
+    }
     let handle = KeyHandle::from(cert.fingerprint());
-    let packets: Vec<Packet> = cert.clone().into_packets().collect();
-    let mut certs = third_party(&packets, &handle);
+    let packets: Vec<Packet> = cert.into_packets().collect();
+    let drop = to_shed(&packets, &handle, limits)?;
+    let kept = packets
+        .into_iter()
+        .zip(drop)
+        .filter(|(_, d)| !d)
+        .map(|(p, _)| p);
+    Cert::from_packets(kept).map_err(|e| PgpError::Invalid(one_line(&e)))
+}
+
+/// True when [`to_shed`] would drop nothing from `cert`'s packets: no user id or attribute
+/// carries more third-party certifications than the policy allows, and the whole is within
+/// the size cap. It counts the same signatures `third_party` finds in the packets (sequoia
+/// files a signature under `certifications` by the same issuer test as `claims_primary`).
+/// A certificate holding signatures sequoia could not place says false: the packet path
+/// decides those.
+fn within_limits(cert: &Cert, limits: &Limits) -> bool {
+    if cert.bad_signatures().next().is_some() {
+        return false;
+    }
+    let over_cap = |n: usize| match limits.third_party {
+        ThirdPartyPolicy::Keep => false,
+        ThirdPartyPolicy::Drop => n > 0,
+        ThirdPartyPolicy::Cap(cap) => n > cap as usize,
+    };
+    let third = |sigs: &mut dyn Iterator<Item = &Signature>| {
+        sigs.filter(|s| is_certification(s.typ())).count()
+    };
+    if cert
+        .userids()
+        .any(|u| over_cap(third(&mut u.certifications())))
+        || cert
+            .user_attributes()
+            .any(|u| over_cap(third(&mut u.certifications())))
+    {
+        return false;
+    }
+    cert.serialized_len() <= limits.max_cert_bytes as usize
+}
+
+/// Which of `packets` (a certificate's, in canonical order) the flooding defence drops.
+fn to_shed(packets: &[Packet], handle: &KeyHandle, limits: &Limits) -> Result<Vec<bool>, PgpError> {
+    let mut certs = third_party(packets, handle);
     let mut drop = vec![false; packets.len()];
     match limits.third_party {
         ThirdPartyPolicy::Keep => {}
@@ -300,15 +347,7 @@ pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
             return Err(PgpError::TooLarge { size, limit });
         }
     }
-    if !drop.iter().any(|d| *d) {
-        return Ok(cert);
-    }
-    let kept = packets
-        .into_iter()
-        .zip(drop)
-        .filter(|(_, d)| !d)
-        .map(|(p, _)| p);
-    Cert::from_packets(kept).map_err(|e| PgpError::Invalid(one_line(&e)))
+    Ok(drop)
 }
 
 fn check_valid(cert: &Cert, time: SystemTime) -> Result<(), PgpError> {
@@ -321,3 +360,7 @@ fn check_valid(cert: &Cert, time: SystemTime) -> Result<(), PgpError> {
         Err(PgpError::NoValidSelfSignature)
     }
 }
+
+#[cfg(test)]
+#[path = "clean_tests.rs"]
+mod tests;
