@@ -12,7 +12,7 @@ use crate::raft::{
     Admission, JoinSpec, KeyraftNode, Keyserver, LeaderForwarder, RaftNode, RaftSettings,
 };
 use crate::rpc::{self, client::GrpcTransport, tls::ClusterTls};
-use crate::store::Store;
+use crate::store::{FlushPolicy, Store, FLUSH_WHEN_IDLE};
 use std::sync::Arc;
 
 const NODE_ID_KEY: &str = "node_id";
@@ -64,6 +64,26 @@ fn rebuild_if_marked(data_dir: &std::path::Path, join: &[String]) -> anyhow::Res
         "rebuild: wiped the old replica; joining the cluster again under a new id"
     );
     Ok(())
+}
+
+/// Flush the memtables when writes pause (`FlushPolicy`): apply skips RocksDB's WAL, so
+/// this bounds what a crash makes the node re-apply from the log and how far `keyraft
+/// export` next to the running node lags (see `crate::store`).
+async fn flush_when_idle(store: Store) {
+    let mut policy = FlushPolicy::default();
+    loop {
+        tokio::time::sleep(FLUSH_WHEN_IDLE).await;
+        let seq = store.sequence();
+        if !policy.check(seq) {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.flush()).await {
+            Ok(Ok(())) => policy.flushed(seq),
+            Ok(Err(e)) => tracing::warn!("flushing the state machine: {e}"),
+            Err(_) => return,
+        }
+    }
 }
 
 /// A running node.
@@ -186,9 +206,10 @@ impl Node {
             )
             .await?;
         }
-        let mut loops = vec![tokio::spawn(crate::raft::removal::watch_membership(
-            keys.clone(),
-        ))];
+        let mut loops = vec![
+            tokio::spawn(crate::raft::removal::watch_membership(keys.clone())),
+            tokio::spawn(flush_when_idle(store.clone())),
+        ];
         if cluster.auto_remove_after > 0 {
             let after = Duration::from_secs(cluster.auto_remove_after);
             info!(?after, "auto-remove of unreachable members is on");

@@ -3,6 +3,9 @@
 //! Data, index entries, request ids and the last-applied id go into the same batch and are
 //! committed together, so the state machine is never half-applied. Reads through the batch see
 //! its own pending writes (two commands for one certificate in one batch merge correctly).
+//!
+//! The batch is written without RocksDB's WAL and without an fsync: the Raft log, fsynced
+//! before the entry was committed, is what makes it durable (see [`super::db`]).
 use std::collections::BTreeMap;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
@@ -219,9 +222,9 @@ impl ApplyBatch {
         for (k, v) in &self.meta {
             self.batch.put_cf(cf, k, v);
         }
-        self.store
-            .db
-            .write_opt(self.batch, &WriteOptions::default())?;
+        let mut unlogged = WriteOptions::default();
+        unlogged.disable_wal(true);
+        self.store.db.write_opt(self.batch, &unlogged)?;
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ mod tables;
 pub mod version;
 
 pub use apply_batch::ApplyBatch;
-pub use db::Store;
+pub use db::{FlushPolicy, Store, FLUSH_AT_LEAST_EVERY, FLUSH_WHEN_IDLE};
 pub use query::StoreStats;
 pub use record::{CertRecord, IndexKind, IndexTerm};
 pub use tables::Table;

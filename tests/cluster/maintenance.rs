@@ -66,7 +66,11 @@ fn repair_finds_an_altered_replica_and_rebuilds_it_from_the_cluster() {
 
     tracing_phase("alter n3's replica behind Raft's back");
     let old_id = members[2].id();
-    members[2].kill9();
+    // Stopped cleanly: apply skips RocksDB's WAL, so after a kill -9 the certificate could
+    // still be only in the log, and the restart would re-apply it over the alteration.
+    members[2].signal("TERM");
+    let status = members[2].wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
     let o = Command::new(BIN)
         .args(["fault-drop-cert", "--data-dir"])
         .arg(&members[2].data)

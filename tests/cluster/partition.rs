@@ -186,7 +186,16 @@ fn isolated_leader_is_replaced_refuses_writes_and_converges_after_healing() {
             "applied the last write: {c}"
         );
     }
-    let exports: Vec<Vec<u8>> = all.iter().map(|m| m.export()).collect();
+    // `keyraft export` next to a running node reads what it has flushed, which it does once
+    // writes pause for a second: poll (bounded) until every export holds the three.
+    let mut exports: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..40 {
+        exports = all.iter().map(|m| m.export()).collect();
+        if exports.iter().all(|e| count_certs(e) == 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert_eq!(count_certs(&exports[0]), 3, "certs 0, 1 and 3");
     for (m, e) in all.iter().zip(&exports) {
         assert!(e == &exports[0], "{} differs from {}", m.name, all[0].name);
