@@ -501,7 +501,20 @@ fn fault_drop_cert(data_dir: &Path, fingerprint: &str) -> anyhow::Result<()> {
 }
 
 fn export(data_dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
-    let store = crate::store::Store::open_read_only(data_dir)?;
+    // Next to a running node, a file the open lists can be gone by the time it is read (the
+    // node flushes and compacts): open again, a bounded number of times.
+    let mut tries = 0;
+    let store = loop {
+        match crate::store::Store::open_read_only(data_dir) {
+            Ok(s) => break s,
+            Err(e) if tries < 9 => {
+                tries += 1;
+                tracing::debug!("export: opening the database again after: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut out: Box<dyn Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

@@ -6,7 +6,7 @@
 //!
 //! The batch is written without RocksDB's WAL and without an fsync: the Raft log, fsynced
 //! before the entry was committed, is what makes it durable (see [`super::db`]).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
@@ -31,6 +31,12 @@ pub struct ApplyBatch {
     /// even when the changes cancel out, so its presence does not depend on the batching.
     count_touched: bool,
     tables: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// Request ids forgotten in this batch, and the last age key deleted: pruning goes on
+    /// after it, as it would in a later batch, so what is pruned does not depend on how
+    /// entries are grouped into batches (a crash re-applies in other groups).
+    forgotten: BTreeSet<u128>,
+    pruned_through: Option<Vec<u8>>,
+    dedup_window: u64,
 }
 
 impl Store {
@@ -45,6 +51,9 @@ impl Store {
             count_delta: 0,
             count_touched: false,
             tables: BTreeMap::new(),
+            forgotten: BTreeSet::new(),
+            pruned_through: None,
+            dedup_window: DEDUP_WINDOW,
         }
     }
 }
@@ -111,6 +120,9 @@ impl ApplyBatch {
         if self.requests.contains_key(&request_id) {
             return Ok(true);
         }
+        if self.forgotten.contains(&request_id) {
+            return Ok(false);
+        }
         let key = dedup_id_key(request_id);
         Ok(self
             .store
@@ -126,16 +138,21 @@ impl ApplyBatch {
             .put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
         self.batch.put_cf(cf, dedup_age_key(index, request_id), []);
         self.requests.insert(request_id, index);
-        if index > DEDUP_WINDOW {
-            self.forget_requests_before(index - DEDUP_WINDOW)?;
+        if index > self.dedup_window {
+            self.forget_requests_before(index - self.dedup_window)?;
         }
         Ok(())
     }
 
-    /// Deterministic pruning: reads only committed state, at most 64 ids per call.
+    /// Deterministic pruning: at most 64 ids per call, the oldest first, from committed state
+    /// after what this batch pruned already.
     fn forget_requests_before(&mut self, index: u64) -> Result<(), StoreError> {
         let cf = self.store.cf(CF_DEDUP);
-        let start = dedup_age_key(0, 0);
+        let start = match &self.pruned_through {
+            // The smallest key after the last one deleted.
+            Some(k) => [k.as_slice(), &[0]].concat(),
+            None => dedup_age_key(0, 0),
+        };
         let mut doomed = Vec::new();
         for item in self
             .store
@@ -157,8 +174,10 @@ impl ApplyBatch {
             ));
         }
         for (k, id) in doomed {
-            self.batch.delete_cf(cf, k);
+            self.batch.delete_cf(cf, &k);
             self.batch.delete_cf(cf, dedup_id_key(id));
+            self.forgotten.insert(id);
+            self.pruned_through = Some(k);
         }
         Ok(())
     }
@@ -251,6 +270,49 @@ fn dedup_age_key(index: u64, id: u128) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every key and value of the dedup column family.
+    fn dedup_contents(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.db.iterator_cf(s.cf(CF_DEDUP), IteratorMode::Start)
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// The same requests recorded one entry per batch and in batches of ten give the same
+    /// dedup table, also when more than one call's worth (64) is due at once: after a stretch
+    /// of entries without request ids.
+    #[test]
+    fn request_pruning_does_not_depend_on_the_batching() {
+        let indexes: Vec<u64> = (1..=300).chain(601..=610).collect();
+        let record = |per_batch: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(dir.path()).unwrap();
+            for chunk in indexes.chunks(per_batch) {
+                let mut b = s.begin_apply();
+                b.dedup_window = 100;
+                for &i in chunk {
+                    b.record_request(u128::from(i) * 7, i).unwrap();
+                }
+                b.commit().unwrap();
+            }
+            let seen_old = s.begin_apply().seen_request(250 * 7).unwrap();
+            (dedup_contents(&s), seen_old, dir)
+        };
+        let (one, seen_one, _d1) = record(1);
+        let (ten, seen_ten, _d2) = record(10);
+        // Left: ids 601..=610, two keys each; the 101 ids still due at 601 are all gone.
+        assert_eq!(one.len(), 20, "one entry per batch");
+        assert_eq!(ten.len(), 20, "ten entries per batch");
+        assert!(one == ten, "the same dedup table");
+        assert_eq!(
+            (seen_one, seen_ten),
+            (false, false),
+            "id 250 is out of the window"
+        );
+    }
 
     fn rec(fpr: u8, terms: Vec<(IndexKind, Vec<u8>)>) -> CertRecord {
         CertRecord {

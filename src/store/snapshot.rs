@@ -110,12 +110,18 @@ impl Store {
     /// Replace all state-machine data with the snapshot's, in one fsynced `WriteBatch`: a crash
     /// leaves either the old state or the new one, never a mix. The input is fully validated
     /// before anything is written.
+    ///
+    /// The batch deletes every key the live state holds. Apply writes skip the WAL, so a key
+    /// deleted since the last flush is absent from the live state but still in the files on
+    /// disk, and a crash would replay this batch over those files and bring it back. Hence a
+    /// flush first: then the files hold exactly the live state the batch deletes.
     pub fn snapshot_install(&self, input: &mut dyn Read) -> Result<(), StoreError> {
         let mut head = [0u8; 13];
         input.read_exact(&mut head)?;
         if &head[..12] != MAGIC || !(1..=VERSION).contains(&head[12]) {
             return Err(corrupt("bad magic or version"));
         }
+        self.flush()?;
         let mut batch = WriteBatch::default();
         for name in SM_CFS {
             let cf = self.cf(name);
@@ -242,6 +248,77 @@ mod tests {
             bs.get_rendered(&[7; 20]).unwrap().as_deref(),
             Some(&b"armored"[..])
         );
+    }
+
+    fn cert(fpr: u8) -> CertRecord {
+        CertRecord {
+            fingerprint: vec![fpr; 20],
+            cert: vec![fpr],
+            summary: vec![],
+            terms: vec![],
+            created_at: 1,
+            updated_at: 1,
+            updated_index: 1,
+            version: Default::default(),
+            origin: 0,
+        }
+    }
+
+    /// Apply skips the WAL: a certificate flushed to disk and then deleted (not yet flushed)
+    /// must not come back when a snapshot installed afterwards is replayed after a crash.
+    /// The crash is real: this test runs itself again as a child process, which ends by
+    /// `abort` (no flush, no close, as with `kill -9`); the parent then opens what it left.
+    #[test]
+    fn an_install_after_unflushed_deletes_survives_a_crash() {
+        const CHILD: &str = "KEYRAFT_TEST_CRASH_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = std::path::PathBuf::from(dir);
+            let snapshot = std::fs::read(dir.join("snapshot")).unwrap();
+            let s = Store::open(&dir.join("node")).unwrap();
+            let mut b = s.begin_apply();
+            b.put_cert(cert(8)).unwrap();
+            b.commit().unwrap();
+            s.flush().unwrap();
+            let mut b = s.begin_apply();
+            assert!(b.delete_cert(&[8; 20]).unwrap());
+            b.commit().unwrap();
+            s.snapshot_install(&mut snapshot.as_slice()).unwrap();
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let mut b = a.begin_apply();
+        b.put_cert(cert(7)).unwrap();
+        b.commit().unwrap();
+        let mut snapshot = Vec::new();
+        a.snapshot_write(&mut snapshot).unwrap();
+        std::fs::write(dir.path().join("snapshot"), &snapshot).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::snapshot::tests::an_install_after_unflushed_deletes_survives_a_crash",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            !child.status.success()
+                && String::from_utf8_lossy(&child.stdout).contains("running 1 test"),
+            "the child ran the test and died by abort: {:?}\n{}",
+            child.status,
+            String::from_utf8_lossy(&child.stdout)
+        );
+        let s = Store::open(&dir.path().join("node")).unwrap();
+        assert!(
+            s.get_cert(&[7; 20]).unwrap().is_some(),
+            "the snapshot's state"
+        );
+        assert!(
+            s.get_cert(&[8; 20]).unwrap().is_none(),
+            "a certificate deleted before the install came back after the crash"
+        );
+        assert_eq!(s.cert_count().unwrap(), 1);
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn keyraft_import_loads_the_debian_keyring_and_survives_a_sigterm_restart() {
 
 /// After snapshots and log purges (the log before the snapshot is gone), a `kill -9` and a
 /// restart leave every acknowledged certificate with the same bytes: the state machine
-/// (`db/`, never fsynced by apply) and the log (`raftlog/`, fsynced) come back consistent.
+/// (written by apply without RocksDB's WAL) and the fsynced log come back consistent.
 #[test]
 fn kill9_after_snapshots_and_purges_rebuilds_every_acknowledged_certificate() {
     let conf = tempfile::tempdir().unwrap();
