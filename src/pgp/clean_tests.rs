@@ -6,6 +6,7 @@ use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::serialize::MarshalInto;
 use sequoia_openpgp::{Cert, KeyHandle, Packet};
 
+use super::super::tests::debian_keyrings;
 use super::super::{Limits, ThirdPartyPolicy};
 use super::{clean, shed, to_shed, within_limits};
 
@@ -51,13 +52,7 @@ fn the_shortcut_agrees_with_the_packet_path_on_every_debian_certificate() {
     let now = std::time::SystemTime::now();
     let mut within = [0usize; 4];
     let mut total = 0;
-    for file in [
-        "debian-keyring.gpg",
-        "debian-maintainers.gpg",
-        "debian-nonupload.gpg",
-    ] {
-        let bytes = std::fs::read(format!("/usr/share/keyrings/{file}"))
-            .expect("debian-keyring is installed by scripts/deps.sh");
+    for bytes in debian_keyrings() {
         for raw in CertParser::from_bytes(&bytes)
             .unwrap()
             .filter_map(Result::ok)

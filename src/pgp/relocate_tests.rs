@@ -5,7 +5,7 @@ use sequoia_openpgp::serialize::SerializeInto;
 use sequoia_openpgp::types::SignatureType;
 use sequoia_openpgp::Packet;
 
-use super::super::tests::{first_binding, flood, gen, t0, third_party_count};
+use super::super::tests::{debian_keyrings, first_binding, flood, gen, t0, third_party_count};
 use super::super::{clean, parse_submission, Limits, Parsed, RawCert};
 
 /// The certificate of `packets`, as a submission of their serialization.
@@ -82,13 +82,7 @@ fn a_signature_that_fits_no_component_is_dropped_with_the_user_id_it_came_with()
 #[test]
 fn one_pass_clean_equals_canonicalise_then_clean_on_debian_keyrings() {
     let mut compared = 0;
-    for file in [
-        "debian-keyring.gpg",
-        "debian-maintainers.gpg",
-        "debian-nonupload.gpg",
-    ] {
-        let bytes = std::fs::read(format!("/usr/share/keyrings/{file}"))
-            .expect("debian-keyring is installed by scripts/deps.sh");
+    for bytes in debian_keyrings() {
         for item in parse_submission(&bytes, &Limits::default()).unwrap() {
             let Parsed::Cert(raw) = item else { continue };
             let fpr = raw.fingerprint();

@@ -247,6 +247,21 @@ fn merge_is_union_and_keeps_revocations() {
     assert!(s.revoked);
 }
 
+/// The bytes of Debian's three keyrings (package `debian-keyring`).
+pub(super) fn debian_keyrings() -> Vec<Vec<u8>> {
+    [
+        "debian-keyring.gpg",
+        "debian-maintainers.gpg",
+        "debian-nonupload.gpg",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read(format!("/usr/share/keyrings/{f}"))
+            .expect("debian-keyring is installed by scripts/deps.sh")
+    })
+    .collect()
+}
+
 /// Real certificates from Debian's keyring, split into parts for the merge properties.
 fn debian_certs(max: usize) -> Vec<Cert> {
     let bytes = std::fs::read("/usr/share/keyrings/debian-keyring.gpg")
@@ -336,13 +351,7 @@ proptest! {
 fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
     let mut accepted = 0usize;
     let mut rejected = std::collections::BTreeMap::<String, usize>::new();
-    for file in [
-        "debian-keyring.gpg",
-        "debian-maintainers.gpg",
-        "debian-nonupload.gpg",
-    ] {
-        let bytes =
-            std::fs::read(format!("/usr/share/keyrings/{file}")).expect("debian-keyring installed");
+    for bytes in debian_keyrings() {
         for item in parse_submission(&bytes, &Limits::default()).unwrap() {
             match item {
                 Parsed::Cert(c) => {

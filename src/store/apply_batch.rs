@@ -268,7 +268,7 @@ fn dedup_age_key(index: u64, id: u128) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Every key and value of the dedup column family.
@@ -314,7 +314,8 @@ mod tests {
         );
     }
 
-    fn rec(fpr: u8, terms: Vec<(IndexKind, Vec<u8>)>) -> CertRecord {
+    /// A record of fingerprint `[fpr; 20]` (also used by the snapshot tests).
+    pub(in crate::store) fn rec(fpr: u8, terms: Vec<(IndexKind, Vec<u8>)>) -> CertRecord {
         CertRecord {
             fingerprint: vec![fpr; 20],
             cert: vec![fpr],

@@ -251,17 +251,7 @@ mod tests {
     }
 
     fn cert(fpr: u8) -> CertRecord {
-        CertRecord {
-            fingerprint: vec![fpr; 20],
-            cert: vec![fpr],
-            summary: vec![],
-            terms: vec![],
-            created_at: 1,
-            updated_at: 1,
-            updated_index: 1,
-            version: Default::default(),
-            origin: 0,
-        }
+        crate::store::apply_batch::tests::rec(fpr, vec![])
     }
 
     /// Apply skips the WAL: a certificate flushed to disk and then deleted (not yet flushed)
