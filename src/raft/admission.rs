@@ -168,7 +168,7 @@ impl Admission {
                 }
             }
         }
-        let _changing = self.changes.lock().await;
+        let _changing = self.changing(raft).await?;
         let members = raft.members();
         if let Some(m) = members.iter().find(|m| m.id == spec.id) {
             tracing::info!(node_id = spec.id, name = %spec.name, "join: already a member");
@@ -242,7 +242,7 @@ impl Admission {
             let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
             return f.leave(&leader, id).await.map_err(forwarded);
         }
-        let _changing = self.changes.lock().await;
+        let _changing = self.changing(raft).await?;
         tracing::info!(node_id = id, name = %member.node.name, "leave: removing member");
         raft.remove(BTreeSet::from([id])).await?;
         removed(member);
@@ -259,6 +259,25 @@ impl Admission {
         Ok(id)
     }
 
+    /// Take the lock every membership change on this leader holds, waiting at most the request
+    /// timeout for a change in progress (each step of which is itself bounded, see
+    /// [`RaftNode::promote`]): a join or leave behind a change that cannot commit gets a
+    /// retryable timeout instead of queueing without end.
+    async fn changing(
+        &self,
+        raft: &RaftNode,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, RaftError> {
+        let limit = raft.request_timeout();
+        tokio::time::timeout(limit, self.changes.lock())
+            .await
+            .map_err(|_| {
+                RaftError::Timeout(format!(
+                    "another membership change is still in progress after {} s",
+                    limit.as_secs()
+                ))
+            })
+    }
+
     /// Make learner `id` a voter if the cluster has fewer than `max_voters`; whether it now
     /// votes. The caller holds `changes`.
     async fn promote_if_room(&self, raft: &RaftNode, id: NodeId) -> Result<bool, RaftError> {
@@ -269,5 +288,68 @@ impl Admission {
         raft.promote(BTreeSet::from([id])).await?;
         tracing::info!(node_id = id, "join: promoted to voter");
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::settings::RaftSettings;
+    use crate::store::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leave_behind_a_change_in_progress_gets_a_retryable_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = RaftSettings {
+            request_timeout_ms: 200,
+            ..RaftSettings::default()
+        };
+        let me = KeyraftNode {
+            name: "n1".into(),
+            raft_addr: "127.0.0.1:1".into(),
+            http_addr: String::new(),
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let raft = RaftNode::start(store, 1, me, settings).await.unwrap();
+        raft.initialize_if_fresh().await.unwrap();
+        let learner = KeyraftNode {
+            name: "n2".into(),
+            raft_addr: "n2.invalid:1".into(),
+            http_addr: String::new(),
+        };
+        for _ in 0..200 {
+            if raft.status().leader == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        raft.add_learner(2, learner).await.unwrap();
+
+        let admission = Admission::new(None, 5);
+        let held = admission.changes.lock().await;
+        let leave = admission.leave(&raft, None, 2, &|_| {});
+        let err = tokio::time::timeout(Duration::from_secs(60), leave)
+            .await
+            .expect("the leave waits in line without end")
+            .unwrap_err();
+        assert!(matches!(err, RaftError::Timeout(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("another membership change is still in progress"),
+            "{err}"
+        );
+        assert!(
+            raft.members().iter().any(|m| m.id == 2),
+            "nothing was removed"
+        );
+
+        drop(held);
+        admission.leave(&raft, None, 2, &|_| {}).await.unwrap();
+        assert!(
+            raft.members().iter().all(|m| m.id != 2),
+            "{:?}",
+            raft.members()
+        );
+        raft.shutdown().await;
     }
 }

@@ -1,7 +1,8 @@
 //! [`RaftError`]: everything the raft facade can fail with, in terms upper layers can act on.
 //!
-//! The API layer maps these to HTTP statuses in one place (e.g. `NotLeader`/`NoQuorum` → 503,
-//! `Timeout` → 504, `Storage`/`Fatal` → 500); the rpc layer forwards writes on `NotLeader`.
+//! The API layer maps these to HTTP statuses in one place (e.g. `NotLeader`/`NoQuorum`/`Timeout`
+//! → 503 with `Retry-After`, `Storage`/`Fatal` → 500); the rpc layer forwards writes on
+//! `NotLeader`.
 //! openraft's own error types are converted here and never leave the raft layer.
 use openraft::errors::{ClientWriteError, Fatal, LinearizableReadError};
 use openraft::metrics::WaitError;

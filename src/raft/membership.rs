@@ -94,23 +94,46 @@ impl RaftNode {
         }
     }
 
-    /// Make `ids` voters (leader only). They must be learners already.
+    /// Make `ids` voters (leader only). They must be learners already. Bounded like
+    /// [`Self::change`].
     pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
-        self.openraft()
-            .change_membership(ChangeMembers::AddVoterIds(ids), false)
-            .await?;
-        Ok(())
+        self.change(ChangeMembers::AddVoterIds(ids), "promotion")
+            .await
     }
 
-    /// Remove `ids` from the voters and from the cluster (leader only).
+    /// Remove `ids` from the voters and from the cluster (leader only). Each of the two steps is
+    /// bounded like [`Self::change`]; a timeout after the first leaves them learners, and
+    /// removing them again finishes the job.
     pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
-        self.openraft()
-            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
-            .await?;
-        self.openraft()
-            .change_membership(ChangeMembers::RemoveNodes(ids), false)
-            .await?;
-        Ok(())
+        self.change(
+            ChangeMembers::RemoveVoters(ids.clone()),
+            "removal from the voters",
+        )
+        .await?;
+        self.change(ChangeMembers::RemoveNodes(ids), "removal")
+            .await
+    }
+
+    /// One membership change, bounded by the request timeout: openraft waits for a quorum of
+    /// both the old and the new voter set without a deadline, so a change proposed while a
+    /// quorum is missing would otherwise hang its caller (and every change queued behind it).
+    /// On timeout the change may still commit later, once a quorum is back.
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, KeyraftNode>,
+        what: &str,
+    ) -> Result<(), RaftError> {
+        let limit = self.request_timeout();
+        match tokio::time::timeout(limit, self.openraft().change_membership(change, false)).await {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => Err(RaftError::Timeout(format!(
+                "{what} not committed within {} s (is a quorum of voters reachable?); it may still complete",
+                limit.as_secs()
+            ))),
+        }
     }
 
     /// Hand leadership to voter `to` (leader only) and wait, bounded by `timeout`, until this

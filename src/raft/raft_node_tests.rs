@@ -1,4 +1,5 @@
 //! Single-node tests of the facade over a real store: bootstrap once, write, restart, snapshot.
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::*;
@@ -135,5 +136,49 @@ async fn snapshots_are_built_purge_logs_and_survive_restart() {
     assert!(st.applied_index >= Some(last), "{st:?}");
     let (again, _) = node.write(delete(100, "AA")).await.unwrap();
     assert_eq!(again.outcomes, vec![ApplyOutcome::Duplicate]);
+    node.shutdown().await;
+}
+
+/// A guard against a hang (not a timing assertion): far above every bound under test.
+async fn finishes<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish"))
+}
+
+fn unreachable(name: &str) -> KeyraftNode {
+    KeyraftNode {
+        name: name.into(),
+        raft_addr: format!("{name}.invalid:1"),
+        http_addr: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_a_learner_that_never_answers_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RaftSettings {
+        request_timeout_ms: 300,
+        ..RaftSettings::default()
+    };
+    let node = start(dir.path(), settings).await;
+    node.initialize_if_fresh().await.unwrap();
+    wait_leader(&node).await;
+    node.openraft()
+        .add_learner(2, unreachable("n2"), false)
+        .await
+        .unwrap();
+    // The joint configuration {1} + {1, 2} needs n2 to commit: without a bound this waits forever.
+    let err = finishes("promote", node.promote(BTreeSet::from([2])))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RaftError::Timeout(_)), "{err}");
+    assert!(err.to_string().contains("promotion not committed"), "{err}");
+    assert!(err.is_unavailable(), "a timeout is retryable: {err}");
+    // The change stays proposed (it commits if n2 ever answers); a second one is refused at once.
+    let again = finishes("promote again", node.promote(BTreeSet::from([2])))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, RaftError::Membership(_)), "{again}");
     node.shutdown().await;
 }
