@@ -3,8 +3,8 @@
 //!
 //! This adapter encodes openraft messages with [`crate::raft::codec`], hands the bytes to the
 //! transport, and decodes the [`Reply`]. Appends go as one pipelined stream per replication
-//! session ([`crate::raft::append_stream`]); to a peer without streams (an older release) they
-//! go as unary calls. It maps transport failures to the openraft error that
+//! session ([`crate::raft::append_stream`]); a session of one request (every heartbeat) and
+//! every append to a peer without streams (an older release) go as unary calls. It maps transport failures to the openraft error that
 //! makes replication behave well: unreachable peers are backed off, timeouts and network errors
 //! retried, and a failure reported by the peer itself is treated as unreachable.
 //!
@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{FutureExt, Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -220,10 +220,27 @@ impl<T: PeerTransport> RaftNetworkV2<TypeConfig> for PeerClient<T> {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        if !self.streams && !self.sync.try_streams(self.target) {
-            return stream_append_sequential(self, input, option);
-        }
         Box::pin(async move {
+            // A stream that ends after one request is a heartbeat (openraft's heartbeat worker
+            // sends each beat as one) or a session with one thing to say: one unary call does it
+            // without the stream's setup and teardown on both sides.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let next = input.next().now_or_never();
+            if matches!(next, Some(None)) {
+                if first.entries.is_empty() {
+                    self.sync.heartbeat_unary(self.target);
+                }
+                return stream_append_sequential(self, futures::stream::iter([first]), option)
+                    .await;
+            }
+            let ahead = next.flatten().into_iter();
+            let input = futures::stream::iter(std::iter::once(first).chain(ahead)).chain(input);
+            if !self.streams && !self.sync.try_streams(self.target) {
+                return stream_append_sequential(self, input, option).await;
+            }
             let soft_ttl = option.soft_ttl();
             let owed = Arc::default();
             let calls = append_stream::encode_requests(

@@ -74,10 +74,12 @@ pub struct AppendPath {
     /// `stream` (pipelined, one stream per replication session) or `unary` (one call per
     /// request: the peer has no streams).
     pub transport: &'static str,
-    /// Streams opened (a replication session, a heartbeat).
+    /// Streams opened (one per replication session with more than one request).
     pub streams_opened: u64,
     /// Append requests sent over streams.
     pub requests_streamed: u64,
+    /// Heartbeats sent (each a unary call: a stream of one request is not worth opening).
+    pub heartbeats_unary: u64,
     /// Since when the peer is known to have no streams.
     #[serde(skip)]
     unary_since: Option<Instant>,
@@ -118,6 +120,11 @@ impl SyncTracker {
     /// An append request went to `peer` over a stream.
     pub fn request_streamed(&self, peer: NodeId) {
         self.append_path(peer, |p| p.requests_streamed += 1);
+    }
+
+    /// A heartbeat went to `peer` as a unary call.
+    pub fn heartbeat_unary(&self, peer: NodeId) {
+        self.append_path(peer, |p| p.heartbeats_unary += 1);
     }
 
     /// `peer` has no append streams; appends go as unary calls for [`STREAM_RETRY`].

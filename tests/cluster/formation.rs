@@ -56,7 +56,9 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
         assert!(served(m, &certs[0].0, index), "{} serves the write", m.name);
     }
 
-    tracing_phase("appends reach n2 over pipelined streams, n3 over unary calls");
+    tracing_phase(
+        "appends reach n2 over pipelined streams (heartbeats unary), n3 over unary calls",
+    );
     let sync = n1.json("/cluster/sync/status").unwrap();
     let path = |id: u64| {
         sync["members"]
@@ -70,6 +72,8 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     let (to_n2, to_n3) = (path(n2.id()), path(n3.id()));
     assert_eq!(to_n2["transport"], "stream", "{sync}");
     assert!(to_n2["requests_streamed"].as_u64().unwrap() > 0, "{sync}");
+    // Heartbeats (a stream of one request each, from openraft) go as unary calls.
+    assert!(to_n2["heartbeats_unary"].as_u64().unwrap() > 0, "{sync}");
     assert_eq!(to_n3["transport"], "unary", "{sync}");
 
     tracing_phase("kill -9 the leader (n1); writes go on through n2");
