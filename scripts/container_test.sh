@@ -220,7 +220,8 @@ ready_pool_full() {
 send_key() { kgpg --keyserver "hkp://$hkp" --send-keys "$1"; }
 
 # --- checks ------------------------------------------------------------------------------------
-# SIGTERM while the cluster forms: n1 waits BOOTSTRAP_WAIT in keyraft-start, n3 is joining.
+# SIGTERM right after start, while the cluster forms or has just formed (n1 may still be in
+# keyraft-start's wait, n3 may still be joining).
 # Both must stop at once (tini as PID 1), not after stop_grace_period (45 s) with SIGKILL.
 sleep 3
 stoppers=()
@@ -238,6 +239,12 @@ done <"$work/stop.txt"
 docker start "$(cid n1)" "$(cid n3)" >/dev/null
 wait_for "n1, n2 and n3 healthy (docker healthcheck: GET /ready)" all_healthy
 wait_for "HAProxy answers GET /ready with 200" curl -fsS --max-time 5 "http://$hkp/ready"
+
+# n1 created the cluster because n2 and n3 answered while joining, not after BOOTSTRAP_WAIT.
+# (grep without -q reads to the end: with -q, docker logs could die of SIGPIPE under pipefail)
+docker logs "$(cid n1)" 2>&1 | grep "every peer answered with an empty membership" >/dev/null \
+  || fail "n1 did not see fresh peers (it waited out BOOTSTRAP_WAIT?): $(docker logs "$(cid n1)" 2>&1 | tail -5)"
+say "ok: n1 created the cluster as soon as n2 and n3 answered with an empty membership"
 
 status=$(curl -fsS "http://127.0.0.1:12001/cluster/status")
 members=$(json 'sum(1 for m in d["members"] if m["voter"])' <<<"$status")

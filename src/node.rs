@@ -99,6 +99,18 @@ pub struct Node {
     loops: Vec<tokio::task::JoinHandle<()>>,
     /// Closed last, once every other handle is gone.
     store: Store,
+    /// A fresh node's join, run by [`Node::run`] once HTTP serves (see [`PendingJoin`]).
+    pending_join: Option<PendingJoin>,
+}
+
+/// A join still to make. It runs after the HTTP listener is up, so that while a node joins it
+/// answers `/health`, `/ready` (503: joining) and `/cluster/nodes` (an empty membership: the
+/// bootstrap script's sign that no cluster exists yet), and handles SIGTERM.
+struct PendingJoin {
+    transport: GrpcTransport,
+    me: KeyraftNode,
+    seeds: Vec<String>,
+    secret: String,
 }
 
 impl Node {
@@ -190,22 +202,23 @@ impl Node {
         // Persisted state, not the membership in openraft's metrics (still empty for a moment
         // after start): a restarted member must never join again, least of all one that was
         // removed while it was down (it would be re-admitted under its old id).
-        if !raft.is_fresh()? {
+        let pending_join = if !raft.is_fresh()? {
             info!(node_id = id, "restarted with existing Raft state");
+            None
         } else if cluster.join.is_empty() {
             if raft.initialize_if_fresh().await? {
                 info!(node_id = id, "initialised a new one-member cluster");
             }
+            None
         } else {
-            join(
-                &transport(),
-                &raft,
-                &me,
-                &cluster.join,
-                secret.unwrap_or_default(),
-            )
-            .await?;
-        }
+            keys.set_joining(true);
+            Some(PendingJoin {
+                transport: transport(),
+                me: me.clone(),
+                seeds: cluster.join.clone(),
+                secret: secret.unwrap_or_default(),
+            })
+        };
         let mut loops = vec![
             tokio::spawn(crate::raft::removal::watch_membership(keys.clone())),
             tokio::spawn(flush_when_idle(store.clone())),
@@ -272,6 +285,7 @@ impl Node {
             rpc_task,
             loops,
             store,
+            pending_join,
         })
     }
 
@@ -283,15 +297,38 @@ impl Node {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut term = signal(SignalKind::terminate())?;
-        let server_ended = tokio::select! {
-            r = &mut server => { r??; true }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); false }
-            _ = term.recv() => { info!("SIGTERM: stopping"); false }
-            _ = removed(&self.keys) => {
-                tracing::warn!("this node left the cluster: stopping");
-                false
+        let mut joining = self.pending_join.map(|j| {
+            let keys = self.keys.clone();
+            tokio::spawn(async move {
+                join(&j.transport, keys.raft(), &j.me, &j.seeds, j.secret).await?;
+                keys.set_joining(false);
+                anyhow::Ok(())
+            })
+        });
+        let mut join_failed = None;
+        let server_ended = loop {
+            tokio::select! {
+                r = &mut server => { r??; break true }
+                _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break false }
+                _ = term.recv() => { info!("SIGTERM: stopping"); break false }
+                _ = removed(&self.keys) => {
+                    tracing::warn!("this node left the cluster: stopping");
+                    break false
+                }
+                r = async { joining.as_mut().expect("guarded").await }, if joining.is_some() => {
+                    joining = None;
+                    match r {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => join_failed = Some(e),
+                        Err(e) => join_failed = Some(anyhow::anyhow!("the join task failed: {e}")),
+                    }
+                    break false;
+                }
             }
         };
+        if let Some(j) = joining {
+            j.abort();
+        }
         handle.stop(true).await;
         // The server future returns once its workers have dropped their state.
         if !server_ended {
@@ -324,7 +361,7 @@ impl Node {
                  acknowledged write is in its fsynced write-ahead log)"
             );
         }
-        Ok(())
+        join_failed.map_or(Ok(()), Err)
     }
 }
 

@@ -4,6 +4,8 @@
 //! `/ready` answers 200 only when this node should get client traffic:
 //! - another member has not removed it from the cluster (503 "removed from the cluster by
 //!   node N (reason)");
+//! - it is not still joining (a fresh node with `--join` serves HTTP while it asks to be
+//!   admitted);
 //! - Raft has a leader and this node has applied what it knows committed;
 //! - on a leader, a quorum acknowledged it recently;
 //! - it is not a learner while the routing settings say `learners_serve_reads: false`;
@@ -38,6 +40,11 @@ pub(super) fn readiness(state: &AppState) -> Result<Readiness, ApiError> {
     use Readiness::*;
     if let Some(r) = state.keys.removal() {
         return Ok(NotReady(r.line()));
+    }
+    if state.keys.is_joining() {
+        return Ok(NotReady(
+            "not ready: joining the cluster (not admitted yet)".into(),
+        ));
     }
     let raft = state.keys.raft();
     let status = raft.status();

@@ -62,6 +62,7 @@ pub struct Keyserver {
     forwarder: Option<Arc<dyn LeaderForwarder>>,
     admission: Arc<Admission>,
     left: Arc<std::sync::atomic::AtomicBool>,
+    joining: Arc<std::sync::atomic::AtomicBool>,
     removal: Arc<super::removal::RemovalState>,
     refusals: Arc<super::refusals::RefusalLimiter>,
 }
@@ -77,6 +78,7 @@ impl Keyserver {
             forwarder: None,
             admission: Arc::new(Admission::default()),
             left: Arc::default(),
+            joining: Arc::default(),
             removal: Arc::default(),
             refusals: Arc::default(),
         }
@@ -120,6 +122,16 @@ impl Keyserver {
     /// should stop (a removed node that keeps running only disturbs the cluster).
     pub fn has_left(&self) -> bool {
         self.left.load(Ordering::SeqCst)
+    }
+
+    /// Whether this fresh node is still joining the cluster (it is not ready until admitted).
+    pub fn is_joining(&self) -> bool {
+        self.joining.load(Ordering::SeqCst)
+    }
+
+    /// Mark this node as joining (set by the node before its join, cleared once admitted).
+    pub fn set_joining(&self, joining: bool) {
+        self.joining.store(joining, Ordering::SeqCst);
     }
 
     /// Forward writes this node cannot commit itself (it is not the leader) through `f`.

@@ -97,7 +97,9 @@ fn the_container_entry_point_and_make_certs_form_an_mtls_cluster_from_the_enviro
                 ),
                 ("SEED_PEERS".into(), peers.join(",")),
                 ("BOOTSTRAP_NAME".into(), "n1".into()),
-                ("BOOTSTRAP_WAIT".into(), "5".into()),
+                // Long: n1 must not wait it out. n2 and n3 answer HTTP while they try to join, so
+                // n1 sees that no cluster exists yet and creates it at once.
+                ("BOOTSTRAP_WAIT".into(), "90".into()),
             ];
             if *name == "n3" {
                 let tls = t.path().join("n3-tls");
@@ -125,7 +127,11 @@ fn the_container_entry_point_and_make_certs_form_an_mtls_cluster_from_the_enviro
         assert!(list.iter().any(|m| m.1 == name && m.2), "{list:?}");
     }
     let logs: Vec<String> = members.iter().map(|m| m.log_text()).collect();
-    assert!(logs[0].contains("creating a new cluster"), "{}", logs[0]);
+    assert!(
+        logs[0].contains("every peer answered with an empty membership: creating a new cluster"),
+        "{}",
+        logs[0]
+    );
     for log in &logs[1..] {
         assert!(log.contains("keyraft serve --join"), "{log}");
     }

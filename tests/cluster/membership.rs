@@ -334,3 +334,36 @@ fn a_member_removed_while_down_learns_it_from_the_others_when_it_restarts() {
     assert_eq!(r.status, 503, "{}", r.text());
     members[x].kill9();
 }
+
+#[test]
+fn a_node_still_joining_answers_http_is_not_ready_and_stops_on_sigterm() {
+    let t = TestDir::new();
+    // A member address where nothing listens: the join retries (for two minutes).
+    let nowhere = std::net::SocketAddr::new(LOCALHOST, free_port(LOCALHOST));
+    let m = t.spec("n1").join(&[nowhere]).start();
+
+    tracing_phase("while it joins, the node answers HTTP and says why it is not ready");
+    let health = poll(Duration::from_secs(60), || {
+        m.get("/health").filter(|r| r.status == 200)
+    });
+    assert!(health.is_some(), "no /health; log:\n{}", m.log_text());
+    let ready = m.get("/ready").unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready.text().contains("joining the cluster"),
+        "{}",
+        ready.text()
+    );
+    // An empty membership: what the bootstrap script reads as "no cluster exists yet".
+    let nodes = m.json("/cluster/nodes").unwrap();
+    assert_eq!(nodes["nodes"], json!([]), "{nodes}");
+    assert!(m.exited().is_none(), "{}", m.log_text());
+
+    tracing_phase("SIGTERM stops it at once, cleanly, without waiting for the join");
+    m.signal("TERM");
+    let status = m.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}; log:\n{}", m.log_text());
+    let log = m.log_text();
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("database closed"), "{log}");
+}
