@@ -40,11 +40,15 @@ fail() { say "FAIL: $*"; exit 1; }
 
 [[ $EUID == 0 ]] || fail "run as root (apt-get, dockerd, debootstrap)"
 [[ -x "$bin" ]] || fail "no keyraft binary at $bin (build it with cargo, or set KEYRAFT_BIN)"
-for port in 11371 12001 12002 12003 8404; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    fail "127.0.0.1:$port is in use; deploy/compose publishes 11371, 12001-12003 and 8404"
-  fi
-done
+# Host ports for the published ones (compose: HKP_PORT, N1_PORT..N3_PORT, STATS_PORT; defaults
+# 11371, 12001-12003, 8404): free ones picked by the kernel, so a node already serving on 11371
+# (the README's first command) does not get in the way.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+export HKP_PORT N1_PORT N2_PORT N3_PORT STATS_PORT
+HKP_PORT=$(free_port) N1_PORT=$(free_port) N2_PORT=$(free_port) N3_PORT=$(free_port)
+STATS_PORT=$(free_port)
 
 work=$(mktemp -d /tmp/keyraft-container-test.XXXXXX)
 dockerd_pid="" compose=() gnupg="$work/gnupg" result=FAIL
@@ -189,8 +193,8 @@ say "${compose[*]} up -d"
 "${compose[@]}" up -d >"$work/up.log" 2>&1 || fail "up -d failed: $(cat "$work/up.log")"
 
 # --- helpers -----------------------------------------------------------------------------------
-declare -A port=([n1]=12001 [n2]=12002 [n3]=12003)
-hkp=127.0.0.1:11371
+declare -A port=([n1]=$N1_PORT [n2]=$N2_PORT [n3]=$N3_PORT)
+hkp=127.0.0.1:$HKP_PORT
 cid() { "${compose[@]}" ps -q "$1"; }
 is_healthy() {
   [[ $(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")" 2>/dev/null) == healthy ]]
@@ -214,7 +218,7 @@ serves() {
     | kgpg --show-keys --with-colons 2>/dev/null | grep -q "^fpr:.*:$2:"
 }
 ready_pool_full() {
-  [[ $(curl -fsS --max-time 5 http://127.0.0.1:8404/metrics \
+  [[ $(curl -fsS --max-time 5 http://127.0.0.1:$STATS_PORT/metrics \
     | grep -c '^haproxy_server_status{proxy="keyraft_ready",server="n[123]",state="UP"} 1') == 3 ]]
 }
 send_key() { kgpg --keyserver "hkp://$hkp" --send-keys "$1"; }
@@ -246,7 +250,7 @@ docker logs "$(cid n1)" 2>&1 | grep "every peer answered with an empty membershi
   || fail "n1 did not see fresh peers (it waited out BOOTSTRAP_WAIT?): $(docker logs "$(cid n1)" 2>&1 | tail -5)"
 say "ok: n1 created the cluster as soon as n2 and n3 answered with an empty membership"
 
-status=$(curl -fsS "http://127.0.0.1:12001/cluster/status")
+status=$(curl -fsS "http://127.0.0.1:$N1_PORT/cluster/status")
 members=$(json 'sum(1 for m in d["members"] if m["voter"])' <<<"$status")
 leader_id=$(json 'd["status"]["leader"]' <<<"$status")
 [[ $members == 3 && $leader_id =~ ^[0-9]+$ ]] || fail "/cluster/status: want 3 voters and a leader: $status"
@@ -269,7 +273,7 @@ for n in n1 n2 n3; do
   wait_for "$n (127.0.0.1:${port[$n]}) serves ${fprs[0]}" serves "${port[$n]}" "${fprs[0]}"
 done
 
-leader=$(curl -fsS "http://127.0.0.1:12001/cluster/leader" | json 'd["name"]')
+leader=$(curl -fsS "http://127.0.0.1:$N1_PORT/cluster/leader" | json 'd["name"]')
 leader_cid=$(cid "$leader")
 old_id=$(curl -fsS "http://127.0.0.1:${port[$leader]}/cluster/status" | json 'd["status"]["id"]')
 say "docker kill (SIGKILL) the leader $leader (Raft id $old_id)"
