@@ -3,7 +3,7 @@
 
 Each run starts a fresh 3-node cluster from one binary (scripts/bench_cluster.py's Cluster)
 and submits every Debian certificate (1,172) once, in one fixed shuffled order, through one
-client to the leader; it prints p50, p99 and how many requests took over 25 ms. Runs
+client to the leader (or, with --via follower, to a follower, which forwards them); it prints p50, p99 and how many requests took over 25 ms. Runs
 alternate between the binaries, so drift of this shared VM hits both alike.
 
     cp "$CARGO_TARGET_DIR/debug/keyraft" /tmp/keyraft-new   # and build the other one likewise
@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cluster as b  # noqa: E402
 
 
-def one_run(binary, certs):
+def one_run(binary, certs, via="leader", dump=False):
     with b.Cluster(binary, 3) as c:
-        leader = c.leader()
-        conn = http.client.HTTPConnection("127.0.0.1", leader.http, timeout=60)
+        target = c.leader() if via == "leader" else c.followers()[0]
+        conn = http.client.HTTPConnection("127.0.0.1", target.http, timeout=60)
         lat = []
         for _, body in certs:
             t = time.monotonic()
@@ -35,6 +35,9 @@ def one_run(binary, certs):
             if r.status != 200:
                 raise SystemExit(f"{binary}: HTTP {r.status}")
             lat.append((time.monotonic() - t) * 1000)
+        if dump:
+            for n in c.alive():
+                print(n.name, b.get_json(n.http, "/cluster/performance"), flush=True)
     lat.sort()
     n = len(lat)
     return lat[n // 2], lat[min(n - 1, int(n * 0.99))], sum(1 for x in lat if x > 25), n
@@ -44,6 +47,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binaries", nargs="+")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--via", choices=["leader", "follower"], default="leader",
+                    help="send the writes to the leader (default) or to a follower")
+    ap.add_argument("--dump", action="store_true",
+                    help="print every node's /cluster/performance after each run")
     args = ap.parse_args()
     b.OPTS["log"] = "warn"
     certs = b.debian_certs(b.ALL_DEBIAN)
@@ -51,7 +58,7 @@ def main():
     p99s = {x: [] for x in args.binaries}
     for r in range(1, args.rounds + 1):
         for binary in args.binaries:
-            p50, p99, over, n = one_run(binary, certs)
+            p50, p99, over, n = one_run(binary, certs, args.via, args.dump)
             p99s[binary].append(p99)
             print(f"round {r} {binary}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
                   f"{over} of {n} over 25 ms", flush=True)
