@@ -97,12 +97,13 @@ while :; do
       start "$join" "$@"
     fi
     if body=$(curl -fsS --max-time 2 "http://$p/cluster/nodes" 2>/dev/null); then
-      # An empty membership: a node that has not joined anything yet.
-      if [[ "${body// /}" == *'"nodes":[]'* ]]; then fresh=$((fresh + 1)); else existing="$p"; fi
+      # A node that holds no Raft state at all ("fresh": true; an admitted joiner still
+      # installing its snapshot also shows no members, but it is not fresh).
+      if [[ "${body// /}" == *'"fresh":true'* ]]; then fresh=$((fresh + 1)); else existing="$p"; fi
     fi
   done
   if [[ -z "$existing" && $fresh == "${#peers[@]}" ]]; then
-    log "every peer answered with an empty membership: creating a new cluster"
+    log "every peer answered that it holds no cluster state: creating a new cluster"
     start "" "$@"
   fi
   if ((SECONDS >= deadline)); then

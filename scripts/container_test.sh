@@ -246,9 +246,9 @@ wait_for "HAProxy answers GET /ready with 200" curl -fsS --max-time 5 "http://$h
 
 # n1 created the cluster because n2 and n3 answered while joining, not after BOOTSTRAP_WAIT.
 # (grep without -q reads to the end: with -q, docker logs could die of SIGPIPE under pipefail)
-docker logs "$(cid n1)" 2>&1 | grep "every peer answered with an empty membership" >/dev/null \
+docker logs "$(cid n1)" 2>&1 | grep "every peer answered that it holds no cluster state" >/dev/null \
   || fail "n1 did not see fresh peers (it waited out BOOTSTRAP_WAIT?): $(docker logs "$(cid n1)" 2>&1 | tail -5)"
-say "ok: n1 created the cluster as soon as n2 and n3 answered with an empty membership"
+say "ok: n1 created the cluster as soon as n2 and n3 answered that they hold no cluster state"
 
 status=$(curl -fsS "http://127.0.0.1:$N1_PORT/cluster/status")
 members=$(json 'sum(1 for m in d["members"] if m["voter"])' <<<"$status")

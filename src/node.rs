@@ -104,7 +104,7 @@ pub struct Node {
 }
 
 /// A join still to make. It runs after the HTTP listener is up, so that while a node joins it
-/// answers `/health`, `/ready` (503: joining) and `/cluster/nodes` (an empty membership: the
+/// answers `/health`, `/ready` (503: joining) and `/cluster/nodes` (`"fresh": true`: the
 /// bootstrap script's sign that no cluster exists yet), and handles SIGTERM.
 struct PendingJoin {
     transport: GrpcTransport,
@@ -328,6 +328,17 @@ impl Node {
         };
         if let Some(j) = joining {
             j.abort();
+            // The leader may already have added it (as a learner, or even promoted it): the
+            // entries were proposed there and commit without this node.
+            let raft = self.keys.raft();
+            if raft.members().iter().any(|m| m.id == raft.id()) {
+                tracing::warn!(
+                    node_id = raft.id(),
+                    "stopped during its join, but the cluster already lists this node: start it \
+                     again to finish the join, or remove it (keyraft leave --id {})",
+                    raft.id()
+                );
+            }
         }
         handle.stop(true).await;
         // The server future returns once its workers have dropped their state.

@@ -48,7 +48,15 @@ pub async fn nodes(state: web::Data<AppState>) -> HttpResponse {
             })
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "answered_by": raft.id(), "leader": s.leader, "nodes": nodes }))
+    // `fresh`: this node holds no Raft state at all (no vote, log or applied entry), so it is
+    // in no cluster yet; deploy/keyraft-start.sh creates a cluster only when every peer is.
+    let fresh = raft.is_fresh().unwrap_or(false);
+    HttpResponse::Ok().json(json!({
+        "answered_by": raft.id(),
+        "leader": s.leader,
+        "fresh": fresh,
+        "nodes": nodes,
+    }))
 }
 
 /// Raft's view on this node: term, vote, last log, committed, applied, snapshot, purged.

@@ -36,6 +36,10 @@ pub async fn lookup(
 
 /// Wait for what the query asks (`min_index`, linearizability), then answer it.
 async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
+    if state.keys.is_joining() {
+        // An empty or partial replica would answer "not found" for keys the cluster has.
+        return Err(crate::raft::RaftError::Joining.into());
+    }
     let raft = state.keys.raft();
     let consistency = match (q.consistency, &q.op) {
         (Some(c), _) => c,

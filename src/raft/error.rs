@@ -55,6 +55,9 @@ pub enum RaftError {
     /// says who removed it and why).
     #[error("{0}")]
     Removed(String),
+    /// This node is still joining the cluster: its replica is empty or partial.
+    #[error("this node is still joining the cluster; ask another member")]
+    Joining,
     /// An unrecoverable internal error (e.g. the raft task panicked).
     #[error("fatal raft error: {0}")]
     Fatal(String),
@@ -73,6 +76,7 @@ impl RaftError {
                 | RaftError::NotInitialized
                 | RaftError::ShuttingDown
                 | RaftError::Removed(_)
+                | RaftError::Joining
         )
     }
 }

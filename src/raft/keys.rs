@@ -148,6 +148,10 @@ impl Keyserver {
         if let Some(r) = self.removal() {
             return Err(RaftError::Removed(r.line()));
         }
+        if self.is_joining() {
+            // Its replica is empty or partial: a write would be checked against the wrong base.
+            return Err(RaftError::Joining);
+        }
         let started = std::time::Instant::now();
         let r = self.commit_and_apply(cmd).await;
         if r.is_ok() {

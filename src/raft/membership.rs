@@ -79,15 +79,36 @@ impl RaftNode {
         self.members().into_iter().find(|m| m.id == leader)
     }
 
-    /// Add `id` as a learner (leader only) and wait until it has caught up with the log
-    /// (by snapshot if needed), bounded by the facade's request timeout.
+    /// Add `id` as a learner (leader only) and wait until it holds every entry up to the one
+    /// that added it (by snapshot if needed), bounded by six times the request timeout.
+    /// openraft's own "blocking" add counts a learner as caught up once it is within
+    /// `replication_lag_threshold` (5,000) entries, even before it has answered at all; promoted
+    /// that early, a second voter of a one-node cluster would stop every commit until it caught
+    /// up, and a larger cluster would count on a voter that cannot vote yet.
     pub async fn add_learner(&self, id: NodeId, node: KeyraftNode) -> Result<(), RaftError> {
-        let fut = self.openraft().add_learner(id, node, true);
-        match tokio::time::timeout(self.request_timeout() * 6, fut).await {
-            Ok(r) => {
-                r?;
-                Ok(())
-            }
+        let caught_up = async {
+            let resp = self.openraft().add_learner(id, node, false).await?;
+            let target = resp.log_id.index;
+            let _ = self
+                .openraft()
+                .wait(None)
+                .metrics(
+                    |m| {
+                        // Not leading any more: nothing to wait for here (the promotion that
+                        // follows fails with "not the leader").
+                        m.replication.as_ref().is_none_or(|r| {
+                            r.get(&id)
+                                .and_then(|matched| matched.as_ref())
+                                .is_some_and(|l| l.index >= target)
+                        })
+                    },
+                    "learner holds the log up to its own addition",
+                )
+                .await;
+            Ok::<(), RaftError>(())
+        };
+        match tokio::time::timeout(self.request_timeout() * 6, caught_up).await {
+            Ok(r) => r,
             Err(_) => Err(RaftError::Timeout(format!(
                 "learner {id} did not catch up in time"
             ))),
@@ -101,36 +122,86 @@ impl RaftNode {
             .await
     }
 
-    /// Remove `ids` from the voters and from the cluster (leader only). Each of the two steps is
-    /// bounded like [`Self::change`]; a timeout after the first leaves them learners, and
-    /// removing them again finishes the job.
+    /// Remove `ids` from the cluster (leader only): voters in one change (openraft drops a
+    /// removed voter's record with it), learners in another. Bounded like [`Self::change`].
     pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
-        self.change(
-            ChangeMembers::RemoveVoters(ids.clone()),
-            "removal from the voters",
-        )
-        .await?;
-        self.change(ChangeMembers::RemoveNodes(ids), "removal")
-            .await
+        let voters: BTreeSet<NodeId> = self
+            .members()
+            .iter()
+            .filter(|m| m.voter && ids.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        if !voters.is_empty() {
+            self.change(ChangeMembers::RemoveVoters(voters), "removal of voters")
+                .await?;
+        }
+        let left: BTreeSet<NodeId> = self
+            .members()
+            .iter()
+            .filter(|m| ids.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        if !left.is_empty() {
+            self.change(ChangeMembers::RemoveNodes(left), "removal")
+                .await?;
+        }
+        Ok(())
     }
 
-    /// One membership change, bounded by the request timeout: openraft waits for a quorum of
-    /// both the old and the new voter set without a deadline, so a change proposed while a
-    /// quorum is missing would otherwise hang its caller (and every change queued behind it).
-    /// On timeout the change may still commit later, once a quorum is back.
+    /// One membership change, first completing a joint configuration an earlier change left
+    /// behind. openraft makes a change in two entries (joint, then uniform) from the future
+    /// that proposed it; a leader change between them, or that future dropped, leaves the
+    /// cluster joint until the next change.
     async fn change(
         &self,
         change: ChangeMembers<NodeId, KeyraftNode>,
         what: &str,
     ) -> Result<(), RaftError> {
+        let joint = self
+            .openraft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if joint {
+            tracing::warn!(
+                "the membership is joint (an earlier change stopped between its two steps): \
+                 completing it first"
+            );
+            self.change_once(
+                ChangeMembers::AddVoterIds(BTreeSet::new()),
+                "completing an earlier change",
+            )
+            .await?;
+        }
+        self.change_once(change, what).await
+    }
+
+    /// One `change_membership`, run to its end in a task of its own and waited for at most the
+    /// request timeout: openraft waits for a quorum of both the old and the new voter set
+    /// without a deadline, so a change proposed while a quorum is missing would otherwise hang
+    /// its caller (and every change queued behind it). On timeout the change goes on and may
+    /// still commit, both of its steps, once a quorum answers.
+    async fn change_once(
+        &self,
+        change: ChangeMembers<NodeId, KeyraftNode>,
+        what: &str,
+    ) -> Result<(), RaftError> {
+        let raft = self.openraft().clone();
+        let task = tokio::spawn(async move { raft.change_membership(change, false).await });
         let limit = self.request_timeout();
-        match tokio::time::timeout(limit, self.openraft().change_membership(change, false)).await {
-            Ok(r) => {
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => {
                 r?;
                 Ok(())
             }
+            Ok(Err(e)) => Err(RaftError::Fatal(format!("{what}: {e}"))),
             Err(_) => Err(RaftError::Timeout(format!(
-                "{what} not committed within {} s (is a quorum of voters reachable?); it may still complete",
+                "{what} not committed within {} s (is a quorum of voters reachable?); it goes on \
+                 and may still complete",
                 limit.as_secs()
             ))),
         }

@@ -182,3 +182,26 @@ async fn promoting_a_learner_that_never_answers_times_out() {
     assert!(matches!(again, RaftError::Membership(_)), "{again}");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_never_answers_is_not_taken_for_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RaftSettings {
+        request_timeout_ms: 100,
+        ..RaftSettings::default()
+    };
+    let node = start(dir.path(), settings).await;
+    node.initialize_if_fresh().await.unwrap();
+    wait_leader(&node).await;
+    // openraft's blocking add would call it caught up at once: the log is far shorter than its
+    // lag threshold. It holds nothing, so the join must not go on to promote it.
+    let err = finishes("add learner", node.add_learner(2, unreachable("n2")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RaftError::Timeout(_)), "{err}");
+    assert!(err.to_string().contains("did not catch up"), "{err}");
+    let members = node.members();
+    assert!(members.iter().any(|m| m.id == 2 && !m.voter), "{members:?}");
+    assert_eq!(node.status().voters, vec![1]);
+    node.shutdown().await;
+}

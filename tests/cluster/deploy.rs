@@ -128,7 +128,8 @@ fn the_container_entry_point_and_make_certs_form_an_mtls_cluster_from_the_enviro
     }
     let logs: Vec<String> = members.iter().map(|m| m.log_text()).collect();
     assert!(
-        logs[0].contains("every peer answered with an empty membership: creating a new cluster"),
+        logs[0]
+            .contains("every peer answered that it holds no cluster state: creating a new cluster"),
         "{}",
         logs[0]
     );

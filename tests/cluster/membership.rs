@@ -354,9 +354,20 @@ fn a_node_still_joining_answers_http_is_not_ready_and_stops_on_sigterm() {
         "{}",
         ready.text()
     );
-    // An empty membership: what the bootstrap script reads as "no cluster exists yet".
+    // No members and no Raft state: what the bootstrap script reads as "no cluster yet".
     let nodes = m.json("/cluster/nodes").unwrap();
     assert_eq!(nodes["nodes"], json!([]), "{nodes}");
+    assert_eq!(nodes["fresh"], json!(true), "{nodes}");
+    tracing_phase("while it joins, it refuses reads and writes instead of answering from nothing");
+    let lookup = m
+        .get("/pks/lookup?op=get&search=0x0123456789ABCDEF0123456789ABCDEF01234567")
+        .unwrap();
+    assert_eq!(lookup.status, 503, "{}", lookup.text());
+    assert!(lookup.text().contains("still joining"), "{}", lookup.text());
+    let cert = &debian_certs(1)[0];
+    let r = m.post_once(&cert.1).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("still joining"), "{}", r.text());
     assert!(m.exited().is_none(), "{}", m.log_text());
 
     tracing_phase("SIGTERM stops it at once, cleanly, without waiting for the join");
