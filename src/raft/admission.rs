@@ -95,7 +95,10 @@ fn forwarded(e: String) -> RaftError {
         Some(r) => RaftError::Refused(r.to_string()),
         None => match e.strip_prefix("no such member: ") {
             Some(m) => RaftError::UnknownMember(m.to_string()),
-            None => RaftError::NoQuorum(format!("forwarding to the leader: {e}")),
+            None => match e.strip_prefix("membership change refused: ") {
+                Some(m) => RaftError::Membership(m.to_string()),
+                None => RaftError::NoQuorum(format!("forwarding to the leader: {e}")),
+            },
         },
     }
 }
