@@ -154,16 +154,22 @@ fn unreachable(name: &str) -> KeyraftNode {
     }
 }
 
+/// A fresh single-node cluster in `dir`, leading, whose facade calls wait at most `ms`.
+async fn leader_with_request_timeout(dir: &std::path::Path, ms: u64) -> RaftNode {
+    let settings = RaftSettings {
+        request_timeout_ms: ms,
+        ..RaftSettings::default()
+    };
+    let node = start(dir, settings).await;
+    node.initialize_if_fresh().await.unwrap();
+    wait_leader(&node).await;
+    node
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promoting_a_learner_that_never_answers_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = RaftSettings {
-        request_timeout_ms: 300,
-        ..RaftSettings::default()
-    };
-    let node = start(dir.path(), settings).await;
-    node.initialize_if_fresh().await.unwrap();
-    wait_leader(&node).await;
+    let node = leader_with_request_timeout(dir.path(), 300).await;
     node.openraft()
         .add_learner(2, unreachable("n2"), false)
         .await
@@ -186,13 +192,7 @@ async fn promoting_a_learner_that_never_answers_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_that_never_answers_is_not_taken_for_caught_up() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = RaftSettings {
-        request_timeout_ms: 100,
-        ..RaftSettings::default()
-    };
-    let node = start(dir.path(), settings).await;
-    node.initialize_if_fresh().await.unwrap();
-    wait_leader(&node).await;
+    let node = leader_with_request_timeout(dir.path(), 100).await;
     // openraft's blocking add would call it caught up at once: the log is far shorter than its
     // lag threshold. It holds nothing, so the join must not go on to promote it.
     let err = finishes("add learner", node.add_learner(2, unreachable("n2")))
