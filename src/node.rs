@@ -334,9 +334,9 @@ impl Node {
             if raft.members().iter().any(|m| m.id == raft.id()) {
                 tracing::warn!(
                     node_id = raft.id(),
+                    name = %raft.me().name,
                     "stopped during its join, but the cluster already lists this node: start it \
-                     again to finish the join, or remove it (keyraft leave --id {})",
-                    raft.id()
+                     again to finish the join, or remove it (keyraft leave --name NAME)"
                 );
             }
         }
