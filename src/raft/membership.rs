@@ -157,16 +157,7 @@ impl RaftNode {
         change: ChangeMembers<NodeId, KeyraftNode>,
         what: &str,
     ) -> Result<(), RaftError> {
-        let joint = self
-            .openraft()
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .get_joint_config()
-            .len()
-            > 1;
-        if joint {
+        if self.status().joint {
             tracing::warn!(
                 "the membership is joint (an earlier change stopped between its two steps): \
                  completing it first"

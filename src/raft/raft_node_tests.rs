@@ -181,6 +181,7 @@ async fn promoting_a_learner_that_never_answers_times_out() {
     assert!(matches!(err, RaftError::Timeout(_)), "{err}");
     assert!(err.to_string().contains("promotion not committed"), "{err}");
     assert!(err.is_unavailable(), "a timeout is retryable: {err}");
+    assert!(node.status().joint, "{:?}", node.status());
     // The change stays proposed (it commits if n2 ever answers); a second one is refused at once.
     let again = finishes("promote again", node.promote(BTreeSet::from([2])))
         .await

@@ -30,6 +30,9 @@ pub struct NodeStatus {
     pub voters: Vec<NodeId>,
     /// Non-voting members (catching up), ascending.
     pub learners: Vec<NodeId>,
+    /// Whether the membership is joint: a change between its two steps (old and new voter
+    /// sets both needed for a quorum; `voters` lists both).
+    pub joint: bool,
     /// The vote this node holds, as openraft prints it (term, candidate, committed).
     pub vote: String,
     /// Index of the last log entry removed after a snapshot.
@@ -63,6 +66,7 @@ impl NodeStatus {
             snapshot_index: m.snapshot.as_ref().map(|l| l.index),
             voters,
             learners,
+            joint: membership.get_joint_config().len() > 1,
             vote: m.vote.to_string(),
             purged_index: m.purged.as_ref().map(|l| l.index),
             millis_since_quorum_ack: m
