@@ -305,10 +305,19 @@ impl Node {
                 anyhow::Ok(())
             })
         });
-        let mut join_failed = None;
+        // Why the node stops, if it failed; returned after the clean shutdown below (returning
+        // at once would leave Raft running and RocksDB open while the process exits).
+        let mut failed: Option<anyhow::Error> = None;
         let server_ended = loop {
             tokio::select! {
-                r = &mut server => { r??; break true }
+                r = &mut server => {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => failed = Some(anyhow::Error::from(e).context("HTTP server")),
+                        Err(e) => failed = Some(anyhow::anyhow!("the HTTP server task failed: {e}")),
+                    }
+                    break true
+                }
                 _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break false }
                 _ = term.recv() => { info!("SIGTERM: stopping"); break false }
                 _ = removed(&self.keys) => {
@@ -319,8 +328,8 @@ impl Node {
                     joining = None;
                     match r {
                         Ok(Ok(())) => continue,
-                        Ok(Err(e)) => join_failed = Some(e),
-                        Err(e) => join_failed = Some(anyhow::anyhow!("the join task failed: {e}")),
+                        Ok(Err(e)) => failed = Some(e),
+                        Err(e) => failed = Some(anyhow::anyhow!("the join task failed: {e}")),
                     }
                     break false;
                 }
@@ -372,7 +381,7 @@ impl Node {
                  acknowledged write is in its fsynced write-ahead log)"
             );
         }
-        join_failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(()), Err)
     }
 }
 
