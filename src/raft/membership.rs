@@ -125,22 +125,20 @@ impl RaftNode {
     /// Remove `ids` from the cluster (leader only): voters in one change (openraft drops a
     /// removed voter's record with it), learners in another. Bounded like [`Self::change`].
     pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftError> {
-        let voters: BTreeSet<NodeId> = self
-            .members()
-            .iter()
-            .filter(|m| m.voter && ids.contains(&m.id))
-            .map(|m| m.id)
-            .collect();
+        // Which of `ids` the current membership lists (as voters only, or at all).
+        let listed = |voters_only: bool| -> BTreeSet<NodeId> {
+            self.members()
+                .iter()
+                .filter(|m| (m.voter || !voters_only) && ids.contains(&m.id))
+                .map(|m| m.id)
+                .collect()
+        };
+        let voters = listed(true);
         if !voters.is_empty() {
             self.change(ChangeMembers::RemoveVoters(voters), "removal of voters")
                 .await?;
         }
-        let left: BTreeSet<NodeId> = self
-            .members()
-            .iter()
-            .filter(|m| ids.contains(&m.id))
-            .map(|m| m.id)
-            .collect();
+        let left = listed(false);
         if !left.is_empty() {
             self.change(ChangeMembers::RemoveNodes(left), "removal")
                 .await?;

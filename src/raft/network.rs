@@ -4,9 +4,10 @@
 //! This adapter encodes openraft messages with [`crate::raft::codec`], hands the bytes to the
 //! transport, and decodes the [`Reply`]. Appends go as one pipelined stream per replication
 //! session ([`crate::raft::append_stream`]); a session of one request (every heartbeat) and
-//! every append to a peer without streams (an older release) go as unary calls. It maps transport failures to the openraft error that
-//! makes replication behave well: unreachable peers are backed off, timeouts and network errors
-//! retried, and a failure reported by the peer itself is treated as unreachable.
+//! every append to a peer without streams (an older release) go as unary calls. It maps
+//! transport failures to the openraft error that makes replication behave well: unreachable
+//! peers are backed off, timeouts and network errors retried, and a failure reported by the
+//! peer itself is treated as unreachable.
 //!
 //! Knows openraft and the transport trait; never imports `rpc` or `api`.
 use std::future::Future;
