@@ -6,9 +6,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::AppState;
-
-/// A member the leader has not heard from for this long is reported unreachable.
-const UNREACHABLE_AFTER_MS: u64 = 3_000;
+use crate::raft::UNREACHABLE_AFTER_MS;
 
 /// This node: id, name, role, term, leader, commit and applied index, members, and whether
 /// another member removed it (`removed`, with `removal`: who and why).

@@ -250,22 +250,38 @@ impl Admission {
         raft.remove(BTreeSet::from([id])).await?;
         removed(member);
         if member.voter {
-            let now = raft.members();
-            let voters = now.iter().filter(|m| m.voter).count();
-            if let Some(learner) = now.iter().find(|m| !m.voter) {
-                if voters < self.max_voters {
-                    tracing::info!(node_id = learner.id, "leave: promoting a learner to voter");
-                    // The removal is done and answered as such; a failed promotion is retried
-                    // by the next join or leave (or an operator's), not reported as a failed
-                    // leave.
-                    if let Err(e) = raft.promote(BTreeSet::from([learner.id])).await {
-                        tracing::warn!(node_id = learner.id, error = %e,
-                            "leave: the member is removed, but promoting a learner failed");
-                    }
-                }
-            }
+            self.promote_in_place_of(raft, id).await;
         }
         Ok(id)
+    }
+
+    /// After voter `gone` was removed: promote the reachable learner furthest along
+    /// ([`super::NodeStatus::learner_to_promote`]) while there are fewer than `max_voters`.
+    /// The removal is done and answered as such; a promotion that fails, or finds no learner
+    /// fit for it, is logged and left to the next join or leave (or an operator's). The caller
+    /// holds `changes`.
+    async fn promote_in_place_of(&self, raft: &RaftNode, gone: NodeId) {
+        let s = raft.status();
+        if s.learners.is_empty() || s.voters.len() >= self.max_voters {
+            return;
+        }
+        let Some(learner) = s.learner_to_promote() else {
+            tracing::warn!(
+                removed = gone,
+                learners = ?s.learners,
+                "leave: no learner has acknowledged this leader recently; none promoted"
+            );
+            return;
+        };
+        tracing::info!(
+            node_id = learner,
+            removed = gone,
+            "leave: promoting a learner to voter"
+        );
+        if let Err(e) = raft.promote(BTreeSet::from([learner])).await {
+            tracing::warn!(node_id = learner, error = %e,
+                "leave: the member is removed, but promoting a learner failed");
+        }
     }
 
     /// Take the lock every membership change on this leader holds, waiting at most the request

@@ -5,7 +5,7 @@
 //! acknowledged a heartbeat or an append. A silent learner is removed; a silent voter is
 //! removed only while at least [`MIN_VOTERS`] voters remain afterwards, so an outage of a small
 //! cluster never shrinks it to a size where one more failure loses quorum. A removed voter is
-//! replaced by a learner when one exists ([`Keyserver::leave`]). Every removal is logged and,
+//! replaced by a reachable learner when one exists ([`Keyserver::leave`]). Every removal is logged and,
 //! being a membership change, recorded in the audit trail; the removed member is told why if it
 //! can be reached ([`super::removal`]).
 use std::collections::BTreeMap;

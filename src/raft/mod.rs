@@ -79,6 +79,6 @@ pub use removal::Removal;
 pub use replay::SignedUse;
 pub use routing::{Consistency, Routing};
 pub use settings::RaftSettings;
-pub use status::NodeStatus;
+pub use status::{NodeStatus, UNREACHABLE_AFTER_MS};
 pub use transport::{NoPeers, PeerTransport, RaftRpc, ReplyStream, TransportError};
 pub use types::{KeyraftNode, NodeId};

@@ -1,4 +1,5 @@
 //! [`NodeStatus`]: a plain snapshot of this node's raft state, for `/cluster/status` and `/ready`.
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use openraft::Instant as _;
@@ -109,6 +110,26 @@ impl NodeStatus {
             && applied >= committed
     }
 
+    /// On the leader: the learner to promote when a voter's place frees up. Among the learners
+    /// that acknowledged this leader within [`UNREACHABLE_AFTER_MS`], the one replicated
+    /// furthest (ties: the lowest id). `None` when no learner qualifies: a learner that is
+    /// down, or has not answered since this node became leader, would be a voter every quorum
+    /// waits for.
+    pub fn learner_to_promote(&self) -> Option<NodeId> {
+        let reachable = |id: &NodeId| {
+            self.millis_since_heartbeat
+                .get(id)
+                .copied()
+                .flatten()
+                .is_some_and(|ms| ms < UNREACHABLE_AFTER_MS)
+        };
+        self.learners
+            .iter()
+            .copied()
+            .filter(reachable)
+            .max_by_key(|id| (self.matched.get(id).copied().flatten(), Reverse(*id)))
+    }
+
     /// A leader of several voters that no quorum acknowledged for [`QUORUM_ACK_MAX_MS`]: most
     /// likely cut off by a partition; its writes will time out and its reads may be stale.
     pub fn leader_cut_off(&self) -> bool {
@@ -120,5 +141,57 @@ impl NodeStatus {
     }
 }
 
+/// A member that has not acknowledged the leader for this long counts as unreachable
+/// (`/cluster/nodes`, and for promotion).
+pub const UNREACHABLE_AFTER_MS: u64 = 3_000;
+
 /// Longest time since the last quorum acknowledgement a healthy leader may report.
 pub const QUORUM_ACK_MAX_MS: u64 = 3_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader (id 1) of voters 1 and 2 with `learners`: (id, matched index, ms since ack).
+    fn leader_with(learners: &[(NodeId, Option<u64>, Option<u64>)]) -> NodeStatus {
+        NodeStatus {
+            id: 1,
+            state: "Leader".into(),
+            current_term: 3,
+            leader: Some(1),
+            last_log_index: Some(100),
+            committed_index: Some(100),
+            applied_index: Some(100),
+            snapshot_index: None,
+            voters: vec![1, 2],
+            learners: learners.iter().map(|l| l.0).collect(),
+            joint: false,
+            vote: String::new(),
+            purged_index: None,
+            millis_since_quorum_ack: Some(10),
+            matched: learners.iter().map(|l| (l.0, l.1)).collect(),
+            millis_since_heartbeat: learners.iter().map(|l| (l.0, l.2)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_learner_promoted_is_reachable_and_furthest_along() {
+        // The lowest id is down (silent for 10 s): never it, however far it got before.
+        let s = leader_with(&[
+            (5, Some(100), Some(10_000)),
+            (7, Some(90), Some(50)),
+            (9, Some(99), Some(40)),
+        ]);
+        assert_eq!(s.learner_to_promote(), Some(9));
+        // Equally far along: the lowest id.
+        let s = leader_with(&[(9, Some(100), Some(40)), (7, Some(100), Some(50))]);
+        assert_eq!(s.learner_to_promote(), Some(7));
+        // Not heard from since this node leads, or silent past the bound: nobody.
+        let s = leader_with(&[
+            (5, Some(100), None),
+            (7, Some(100), Some(UNREACHABLE_AFTER_MS)),
+        ]);
+        assert_eq!(s.learner_to_promote(), None);
+        assert_eq!(leader_with(&[]).learner_to_promote(), None);
+    }
+}

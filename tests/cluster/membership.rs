@@ -156,6 +156,84 @@ fn followers_and_then_the_leader_leave_gracefully_and_writes_go_on() {
 }
 
 #[test]
+fn a_leaving_voter_is_replaced_by_a_learner_that_is_up_not_by_one_that_is_down() {
+    let t = TestDir::new();
+    let certs = debian_certs(1);
+    let token = t.file("admin-token", &format!("{TOKEN}\n"));
+    let names = ["n1", "n2", "n3", "n4", "n5"];
+    let mut members = start_cluster(&t, &names, |s| {
+        s.admin_token(&token)
+            .env("KEYRAFT_CLUSTER__MAX_VOTERS", "3")
+    });
+    let all: Vec<&Member> = members.iter().collect();
+    let ids: Vec<u64> = members.iter().map(Member::id).collect();
+    wait_members(&all, &ids);
+    let voter = |m: &Member, id: u64| m.members().iter().any(|x| x.0 == id && x.2);
+    for i in 0..5 {
+        assert_eq!(
+            voter(&members[0], ids[i]),
+            i < 3,
+            "{:?}",
+            members[0].members()
+        );
+    }
+
+    // Ids are random: take down the learner with the lower id, the one a choice by id makes.
+    let (down, up) = if ids[3] < ids[4] { (3, 4) } else { (4, 3) };
+    tracing_phase(&format!("learner {} is killed", names[down]));
+    members[down].kill9();
+    let voters: Vec<&Member> = members[..3].iter().collect();
+    let leader = leader_of(&voters);
+    let unreachable = poll(Duration::from_secs(30), || {
+        let v = members[leader].json("/cluster/nodes")?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == ids[down] && n["reachable"] == false)
+            .then_some(())
+    });
+    assert!(
+        unreachable.is_some(),
+        "the leader reports {} unreachable",
+        names[down]
+    );
+
+    let gone = (0..3).find(|&i| i != leader).unwrap();
+    tracing_phase(&format!("voter {} leaves", names[gone]));
+    let r = leave(
+        &members[leader],
+        Some(TOKEN),
+        &json!({ "name": names[gone] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let promoted = poll(Duration::from_secs(30), || {
+        voter(&members[leader], ids[up]).then_some(())
+    });
+    let listed = members[leader].members();
+    assert!(
+        promoted.is_some(),
+        "{} (up) is promoted: {listed:?}",
+        names[up]
+    );
+    assert!(
+        listed.iter().any(|x| x.0 == ids[down] && !x.2),
+        "{} (down) stays a learner: {listed:?}",
+        names[down]
+    );
+    assert!(!listed.iter().any(|x| x.0 == ids[gone]), "{listed:?}");
+    let log = members[leader].log_text();
+    assert!(log.contains("leave: promoting a learner to voter"), "{log}");
+
+    tracing_phase("a quorum of the three voters still commits, with the dead learner still down");
+    let r = members[up].post(&certs[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    for i in (0..5).filter(|&i| i != down && i != gone) {
+        assert!(served(&members[i], &certs[0].0, index), "{}", names[i]);
+    }
+}
+
+#[test]
 fn a_wiped_node_rejoins_under_a_new_id_that_replaces_its_old_record() {
     let t = TestDir::new();
     let certs = debian_certs(2);
