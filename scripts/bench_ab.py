@@ -8,11 +8,16 @@ alternate between the binaries, so drift of this shared VM hits both alike.
 
     cp "$CARGO_TARGET_DIR/debug/keyraft" /tmp/keyraft-new   # and build the other one likewise
     scripts/bench_ab.py --rounds 4 /tmp/keyraft-old /tmp/keyraft-new
+
+With --split, the node taking the writes logs how long each one spent being prepared (parsed,
+cleaned, merged into what the replica holds) and being committed (proposed or forwarded,
+replicated, applied on that node), and the slowest requests are printed with that split.
 """
 import argparse
 import http.client
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -21,7 +26,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cluster as b  # noqa: E402
 
 
-def one_run(binary, certs, via="leader", dump=False):
+def duration_ms(text):
+    m = re.fullmatch(r"([\d.]+)(ns|µs|ms|s)", text)
+    return float(m.group(1)) * {"ns": 1e-6, "µs": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def print_split(lat, sizes, log_text, worst=16):
+    """The slowest requests, each split into prepare and commit from the node's debug log."""
+    split = [(duration_ms(p), duration_ms(c))
+             for p, c in re.findall(r"prepared=(\S+) committed=(\S+) index=\d+", log_text)]
+    if len(split) != len(lat):
+        print(f"  (split unavailable: {len(split)} log lines for {len(lat)} requests)")
+        return
+    rows = sorted(zip(lat, sizes, split), reverse=True)[:worst]
+    for total, size, (prep, commit) in rows:
+        print(f"  {total:5.1f} ms  {size // 1024:4d} KB  prepare {prep:5.1f}  commit {commit:5.1f}  "
+              f"rest {total - prep - commit:4.1f}")
+
+
+def one_run(binary, certs, via="leader", dump=False, split=False):
     with b.Cluster(binary, 3) as c:
         target = c.leader() if via == "leader" else c.followers()[0]
         conn = http.client.HTTPConnection("127.0.0.1", target.http, timeout=60)
@@ -38,6 +61,10 @@ def one_run(binary, certs, via="leader", dump=False):
         if dump:
             for n in c.alive():
                 print(n.name, b.get_json(n.http, "/cluster/performance"), flush=True)
+        if split:
+            time.sleep(0.5)
+            with open(target.logpath) as f:
+                print_split(lat, [len(body) for _, body in certs], f.read())
     lat.sort()
     n = len(lat)
     return lat[n // 2], lat[min(n - 1, int(n * 0.99))], sum(1 for x in lat if x > 25), n
@@ -51,14 +78,16 @@ def main():
                     help="send the writes to the leader (default) or to a follower")
     ap.add_argument("--dump", action="store_true",
                     help="print every node's /cluster/performance after each run")
+    ap.add_argument("--split", action="store_true",
+                    help="print the slowest requests split into prepare and commit")
     args = ap.parse_args()
-    b.OPTS["log"] = "warn"
+    b.OPTS["log"] = "warn,keyraft::raft::keys=debug" if args.split else "warn"
     certs = b.debian_certs(b.ALL_DEBIAN)
     random.Random(1).shuffle(certs)
     p99s = {x: [] for x in args.binaries}
     for r in range(1, args.rounds + 1):
         for binary in args.binaries:
-            p50, p99, over, n = one_run(binary, certs, args.via, args.dump)
+            p50, p99, over, n = one_run(binary, certs, args.via, args.dump, args.split)
             p99s[binary].append(p99)
             print(f"round {r} {binary}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
                   f"{over} of {n} over 25 ms", flush=True)
