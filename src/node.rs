@@ -222,6 +222,7 @@ impl Node {
         let mut loops = vec![
             tokio::spawn(crate::raft::removal::watch_membership(keys.clone())),
             tokio::spawn(flush_when_idle(store.clone())),
+            tokio::spawn(crate::raft::promotion::run(keys.clone())),
         ];
         if cluster.auto_remove_after > 0 {
             let after = Duration::from_secs(cluster.auto_remove_after);
@@ -345,7 +346,8 @@ impl Node {
                     node_id = raft.id(),
                     name = %raft.me().name,
                     "stopped during its join, but the cluster already lists this node: start it \
-                     again to finish the join, or remove it (keyraft leave --name NAME)"
+                     again (it catches up as a member and the leader promotes it if there is \
+                     room among the voters), or remove it (keyraft leave --name NAME)"
                 );
             }
         }

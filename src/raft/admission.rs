@@ -111,6 +111,20 @@ fn leader_elsewhere(raft: &RaftNode) -> Result<Option<KeyraftNode>, RaftError> {
     }
 }
 
+/// Refuse to remove voter `id` (named `name`) unless a majority of the voters left answer this
+/// leader: the removal could never commit, and every write behind it would wait with it.
+fn keeps_quorum(s: &super::NodeStatus, id: NodeId, name: &str) -> Result<(), RaftError> {
+    let (up, left) = s.quorum_without(id);
+    if up * 2 > left {
+        return Ok(());
+    }
+    Err(RaftError::Membership(format!(
+        "removing {name} would leave {left} voter(s) of which only {up} answered the leader in \
+         the last 3 s: the change could not commit; bring the silent voters back (or remove \
+         them) first"
+    )))
+}
+
 impl Admission {
     /// Joiners must present `secret` (if any); at most `max_voters` members vote.
     pub fn new(secret: Option<String>, max_voters: usize) -> Admission {
@@ -176,7 +190,11 @@ impl Admission {
         if let Some(m) = members.iter().find(|m| m.id == spec.id) {
             tracing::info!(node_id = spec.id, name = %spec.name, "join: already a member");
             // A joiner retries when its promotion failed (a leader change, or a timeout after
-            // it was added): finish the job here.
+            // it was added, perhaps while it still installs a snapshot): finish the job here,
+            // once it holds the log.
+            if !m.voter {
+                raft.catch_up(spec.id).await?;
+            }
             let voter = m.voter || self.promote_if_room(raft, spec.id).await?;
             return Ok(JoinOutcome {
                 leader_id: raft.id(),
@@ -196,6 +214,20 @@ impl Admission {
                     on_refuse,
                 ));
             }
+            let s = raft.status();
+            if s.acked_recently(old) {
+                // A wiped node cannot answer under its old id (peers check the id a message is
+                // for), so this is a second live node with the same name: keep the member. A
+                // retry passes once the old id has been silent for a few seconds.
+                return Err(RaftError::Membership(format!(
+                    "member {} (id {old}) is still answering; a node of the same name can replace \
+                     it only once it is down (names must be unique)",
+                    spec.name
+                )));
+            }
+            if members.iter().any(|m| m.id == old && m.voter) {
+                keeps_quorum(&s, old, &spec.name)?;
+            }
             tracing::warn!(old_id = old, new_id = spec.id, name = %spec.name,
                 "join: replacing the record of a member with the same name (wiped data directory)");
             raft.remove(BTreeSet::from([old])).await?;
@@ -214,8 +246,10 @@ impl Admission {
     }
 
     /// Remove member `id` gracefully. A leader that is asked to remove itself hands leadership
-    /// to another voter first and lets the new leader remove it. A removed voter is replaced by
-    /// the oldest learner while there are fewer than `max_voters`.
+    /// to another voter first (the reachable one furthest along) and lets the new leader remove
+    /// it. A voter is removed only while a majority of the voters left answer this leader (see
+    /// [`super::NodeStatus::quorum_without`]). A removed voter is replaced by a learner while
+    /// there are fewer than `max_voters` ([`Self::promote_in_place_of`]).
     pub async fn leave(
         &self,
         raft: &RaftNode,
@@ -232,34 +266,46 @@ impl Admission {
             return f.leave(&leader, id).await.map_err(forwarded);
         }
         if id == raft.id() {
-            let Some(next) = members.iter().find(|m| m.voter && m.id != id) else {
-                return Err(RaftError::Refused("the last voter cannot leave".into()));
+            if !members.iter().any(|m| m.voter && m.id != id) {
+                return Err(RaftError::Membership("the last voter cannot leave".into()));
+            }
+            // Under the lock: a join in progress here would be cut off by the hand-over.
+            let _changing = self.changing(raft).await?;
+            let s = raft.status();
+            keeps_quorum(&s, id, &member.node.name)?;
+            let Some(next) = s.voter_to_hand_over_to() else {
+                return Err(RaftError::NoQuorum(
+                    "no other voter has acknowledged this leader in the last 3 s to take over"
+                        .into(),
+                ));
             };
-            tracing::info!(
-                to = next.id,
-                "leave: transferring leadership before leaving"
-            );
-            raft.transfer_leader(next.id, Duration::from_secs(10))
-                .await?;
+            tracing::info!(to = next, "leave: transferring leadership before leaving");
+            raft.transfer_leader(next, Duration::from_secs(10)).await?;
             let leader = leader_elsewhere(raft)?.ok_or(RaftError::NotLeader { leader: None })?;
             let f = fwd.ok_or(RaftError::NotLeader { leader: None })?;
             return f.leave(&leader, id).await.map_err(forwarded);
         }
         let _changing = self.changing(raft).await?;
+        // Read again under the lock: a concurrent leave of the same member may have removed it.
+        let Some(member) = raft.members().into_iter().find(|m| m.id == id) else {
+            return Err(RaftError::UnknownMember(id.to_string()));
+        };
+        if member.voter {
+            keeps_quorum(&raft.status(), id, &member.node.name)?;
+        }
         tracing::info!(node_id = id, name = %member.node.name, "leave: removing member");
         raft.remove(BTreeSet::from([id])).await?;
-        removed(member);
+        removed(&member);
         if member.voter {
             self.promote_in_place_of(raft, id).await;
         }
         Ok(id)
     }
 
-    /// After voter `gone` was removed: promote the reachable learner furthest along
-    /// ([`super::NodeStatus::learner_to_promote`]) while there are fewer than `max_voters`.
-    /// The removal is done and answered as such; a promotion that fails, or finds no learner
-    /// fit for it, is logged and left to the next join or leave (or an operator's). The caller
-    /// holds `changes`.
+    /// After voter `gone` was removed: promote a learner in its place while there are fewer
+    /// than `max_voters`. The removal is done and answered as such; a promotion that fails, or
+    /// finds no learner fit for it, is logged and left to [`super::promotion`]. The caller holds
+    /// `changes`.
     async fn promote_in_place_of(&self, raft: &RaftNode, gone: NodeId) {
         let s = raft.status();
         if s.learners.is_empty() || s.voters.len() >= self.max_voters {
@@ -269,7 +315,8 @@ impl Admission {
             tracing::warn!(
                 removed = gone,
                 learners = ?s.learners,
-                "leave: no learner has acknowledged this leader recently; none promoted"
+                "leave: no learner has acknowledged this leader recently and holds the log; none \
+                 promoted for now"
             );
             return;
         };
@@ -282,6 +329,32 @@ impl Admission {
             tracing::warn!(node_id = learner, error = %e,
                 "leave: the member is removed, but promoting a learner failed");
         }
+    }
+
+    /// On the leader, with no other change in progress: promote the learner
+    /// [`super::NodeStatus::learner_to_promote`] names while there are fewer than `max_voters`
+    /// voters (and the membership is not joint).
+    pub async fn fill_voter_places(&self, raft: &RaftNode) -> Result<(), RaftError> {
+        let wanted = |s: &super::NodeStatus| {
+            s.state == "Leader" && !s.joint && s.voters.len() < self.max_voters
+        };
+        if !wanted(&raft.status()) {
+            return Ok(());
+        }
+        let Ok(_changing) = self.changes.try_lock() else {
+            return Ok(());
+        };
+        let s = raft.status();
+        let Some(learner) = s.learner_to_promote().filter(|_| wanted(&s)) else {
+            return Ok(());
+        };
+        tracing::info!(
+            node_id = learner,
+            voters = s.voters.len(),
+            max_voters = self.max_voters,
+            "promoting a learner into an empty voter place"
+        );
+        raft.promote(BTreeSet::from([learner])).await
     }
 
     /// Take the lock every membership change on this leader holds, waiting at most the request

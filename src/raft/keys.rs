@@ -118,6 +118,12 @@ impl Keyserver {
         Ok(removed)
     }
 
+    /// On the leader: promote a learner into an empty voter place if one fits (see
+    /// [`super::promotion`]). Does nothing on other nodes or while a change is in progress.
+    pub async fn fill_voter_places(&self) -> Result<(), RaftError> {
+        self.admission.fill_voter_places(&self.raft).await
+    }
+
     /// True once this node has been removed through [`Self::leave`] called on it: the process
     /// should stop (a removed node that keeps running only disturbs the cluster).
     pub fn has_left(&self) -> bool {

@@ -88,23 +88,7 @@ impl RaftNode {
     pub async fn add_learner(&self, id: NodeId, node: KeyraftNode) -> Result<(), RaftError> {
         let caught_up = async {
             let resp = self.openraft().add_learner(id, node, false).await?;
-            let target = resp.log_id.index;
-            let _ = self
-                .openraft()
-                .wait(None)
-                .metrics(
-                    |m| {
-                        // Not leading any more: nothing to wait for here (the promotion that
-                        // follows fails with "not the leader").
-                        m.replication.as_ref().is_none_or(|r| {
-                            r.get(&id)
-                                .and_then(|matched| matched.as_ref())
-                                .is_some_and(|l| l.index >= target)
-                        })
-                    },
-                    "learner holds the log up to its own addition",
-                )
-                .await;
+            self.holds_log_up_to(id, resp.log_id.index).await;
             Ok::<(), RaftError>(())
         };
         match tokio::time::timeout(self.request_timeout() * 6, caught_up).await {
@@ -113,6 +97,40 @@ impl RaftNode {
                 "learner {id} did not catch up in time"
             ))),
         }
+    }
+
+    /// Wait (leader only), bounded like [`Self::add_learner`], until learner `id` holds this
+    /// leader's log as it is now: a learner admitted earlier whose promotion is retried may
+    /// still be installing a snapshot.
+    pub async fn catch_up(&self, id: NodeId) -> Result<(), RaftError> {
+        let target = self.status().last_log_index.unwrap_or(0);
+        match tokio::time::timeout(self.request_timeout() * 6, self.holds_log_up_to(id, target))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(RaftError::Timeout(format!(
+                "learner {id} did not catch up in time"
+            ))),
+        }
+    }
+
+    /// Until this leader's replication to `id` has matched `target` (or this node stops
+    /// leading: the promotion that follows then fails with "not the leader").
+    async fn holds_log_up_to(&self, id: NodeId, target: u64) {
+        let _ = self
+            .openraft()
+            .wait(None)
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_none_or(|r| {
+                        r.get(&id)
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|l| l.index >= target)
+                    })
+                },
+                "learner holds the log up to the target",
+            )
+            .await;
     }
 
     /// Make `ids` voters (leader only). They must be learners already. Bounded like

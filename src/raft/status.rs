@@ -110,24 +110,56 @@ impl NodeStatus {
             && applied >= committed
     }
 
-    /// On the leader: the learner to promote when a voter's place frees up. Among the learners
-    /// that acknowledged this leader within [`UNREACHABLE_AFTER_MS`], the one replicated
-    /// furthest (ties: the lowest id). `None` when no learner qualifies: a learner that is
-    /// down, or has not answered since this node became leader, would be a voter every quorum
-    /// waits for.
-    pub fn learner_to_promote(&self) -> Option<NodeId> {
-        let reachable = |id: &NodeId| {
-            self.millis_since_heartbeat
-                .get(id)
+    /// On the leader: whether member `id` acknowledged this node within
+    /// [`UNREACHABLE_AFTER_MS`]. The leader itself always counts.
+    pub fn acked_recently(&self, id: NodeId) -> bool {
+        id == self.id
+            || self
+                .millis_since_heartbeat
+                .get(&id)
                 .copied()
                 .flatten()
                 .is_some_and(|ms| ms < UNREACHABLE_AFTER_MS)
-        };
-        self.learners
-            .iter()
-            .copied()
-            .filter(reachable)
+    }
+
+    /// How many entries member `id` is behind this leader's log (`None`: nothing matched).
+    fn lag(&self, id: NodeId) -> Option<u64> {
+        let matched = self.matched.get(&id).copied().flatten()?;
+        Some(self.last_log_index.unwrap_or(0).saturating_sub(matched))
+    }
+
+    /// Among `ids`, the one that acknowledged this leader recently and is replicated furthest
+    /// (ties: the lowest id).
+    fn best_of(&self, ids: impl Iterator<Item = NodeId>) -> Option<NodeId> {
+        ids.filter(|id| *id != self.id && self.acked_recently(*id))
             .max_by_key(|id| (self.matched.get(id).copied().flatten(), Reverse(*id)))
+    }
+
+    /// On the leader: the learner to promote while there are fewer voters than wanted. Among
+    /// the learners that acknowledged this leader within [`UNREACHABLE_AFTER_MS`] and are at
+    /// most [`PROMOTE_MAX_LAG`] entries behind, the one replicated furthest (ties: the lowest
+    /// id). `None` when no learner qualifies: a learner that is down or far behind would be a
+    /// voter quorums wait for.
+    pub fn learner_to_promote(&self) -> Option<NodeId> {
+        let fit = |id: &NodeId| self.lag(*id).is_some_and(|l| l <= PROMOTE_MAX_LAG);
+        self.best_of(self.learners.iter().copied().filter(fit))
+    }
+
+    /// On the leader: the voter to hand leadership to, chosen like
+    /// [`Self::learner_to_promote`] but without the lag bound (openraft's transfer waits for the
+    /// target to catch up).
+    pub fn voter_to_hand_over_to(&self) -> Option<NodeId> {
+        self.best_of(self.voters.iter().copied())
+    }
+
+    /// On the leader: whether the voters other than `id` have a majority that acknowledged
+    /// this leader recently. openraft removes a voter through a joint configuration that needs
+    /// a quorum of the remaining voters as well; without one the removal can never commit, and
+    /// every write queued behind it waits with it.
+    pub fn quorum_without(&self, id: NodeId) -> (usize, usize) {
+        let rest: Vec<NodeId> = self.voters.iter().copied().filter(|v| *v != id).collect();
+        let up = rest.iter().filter(|v| self.acked_recently(**v)).count();
+        (up, rest.len())
     }
 
     /// A leader of several voters that no quorum acknowledged for [`QUORUM_ACK_MAX_MS`]: most
@@ -144,6 +176,9 @@ impl NodeStatus {
 /// A member that has not acknowledged the leader for this long counts as unreachable
 /// (`/cluster/nodes`, and for promotion).
 pub const UNREACHABLE_AFTER_MS: u64 = 3_000;
+
+/// A learner further behind the leader's log than this many entries is not promoted yet.
+pub const PROMOTE_MAX_LAG: u64 = 64;
 
 /// Longest time since the last quorum acknowledgement a healthy leader may report.
 pub const QUORUM_ACK_MAX_MS: u64 = 3_000;
@@ -175,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn the_learner_promoted_is_reachable_and_furthest_along() {
+    fn the_learner_promoted_is_reachable_caught_up_and_furthest_along() {
         // The lowest id is down (silent for 10 s): never it, however far it got before.
         let s = leader_with(&[
             (5, Some(100), Some(10_000)),
@@ -186,12 +221,33 @@ mod tests {
         // Equally far along: the lowest id.
         let s = leader_with(&[(9, Some(100), Some(40)), (7, Some(100), Some(50))]);
         assert_eq!(s.learner_to_promote(), Some(7));
-        // Not heard from since this node leads, or silent past the bound: nobody.
+        // Not heard from since this node leads, silent past the bound, more than
+        // PROMOTE_MAX_LAG behind, or nothing matched yet: nobody.
         let s = leader_with(&[
             (5, Some(100), None),
             (7, Some(100), Some(UNREACHABLE_AFTER_MS)),
+            (9, Some(100 - PROMOTE_MAX_LAG - 1), Some(10)),
+            (11, None, Some(10)),
         ]);
         assert_eq!(s.learner_to_promote(), None);
         assert_eq!(leader_with(&[]).learner_to_promote(), None);
+    }
+
+    #[test]
+    fn a_removal_needs_a_reachable_majority_of_the_voters_left() {
+        // Voters 1 (the leader), 2, 3; 3 is down.
+        let mut s = leader_with(&[]);
+        s.voters = vec![1, 2, 3];
+        s.millis_since_heartbeat = BTreeMap::from([(2, Some(20)), (3, Some(9_000))]);
+        s.matched = BTreeMap::from([(2, Some(100)), (3, Some(60))]);
+        // Removing the dead one leaves {1, 2}, both up; removing the live one leaves {1, 3}.
+        assert_eq!(s.quorum_without(3), (2, 2));
+        assert_eq!(s.quorum_without(2), (1, 2));
+        // Leadership goes to the voter that is up, not to the lowest id.
+        s.millis_since_heartbeat.insert(2, Some(9_000));
+        s.millis_since_heartbeat.insert(3, Some(20));
+        assert_eq!(s.voter_to_hand_over_to(), Some(3));
+        s.millis_since_heartbeat.insert(3, None);
+        assert_eq!(s.voter_to_hand_over_to(), None);
     }
 }

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use keyraft::client::{request, Response};
@@ -18,13 +19,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_keyraft");
 /// The usual loopback address.
 pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// A free port on `ip` (bound, read, released).
+/// A free port on `ip`, below the kernel's ephemeral range (32768 and up here). A port the
+/// kernel hands out for `bind(0)` comes from the range outgoing connections take their source
+/// ports from, so between this harness releasing it and a member binding it, one of the
+/// cluster's own connections could take it ("Address already in use"). Each call moves on from
+/// the last, from an offset set by the process id, so parallel tests do not pick the same port.
 pub fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(397) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (BASE + (start + n) % SPAN) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {BASE}..{}", BASE + SPAN)
 }
 
 /// Poll `f` every 100 ms until it yields a value or `limit` has passed (then `None`).

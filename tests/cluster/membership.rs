@@ -226,6 +226,131 @@ fn a_leaving_voter_is_replaced_by_a_learner_that_is_up_not_by_one_that_is_down()
     for i in (0..5).filter(|&i| i != down && i != gone) {
         assert!(served(&members[i], &certs[0].0, index), "{}", names[i]);
     }
+
+    let other = (0..3).find(|&i| i != leader && i != gone).unwrap();
+    tracing_phase(&format!(
+        "voter {} leaves while the only learner is down: nobody is promoted",
+        names[other]
+    ));
+    let r = leave(
+        &members[leader],
+        Some(TOKEN),
+        &json!({ "name": names[other] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let two = poll(Duration::from_secs(30), || {
+        let l = members[leader].members();
+        (!l.iter().any(|x| x.0 == ids[other])).then_some(l)
+    })
+    .expect("the voter is removed");
+    assert_eq!(two.iter().filter(|x| x.2).count(), 2, "{two:?}");
+    assert!(two.iter().any(|x| x.0 == ids[down] && !x.2), "{two:?}");
+    assert!(
+        members[leader].log_text().contains("none promoted for now"),
+        "the leader says why nobody took the place"
+    );
+
+    tracing_phase(&format!(
+        "{} is back: it catches up and the leader promotes it into the empty place",
+        names[down]
+    ));
+    members[down].spawn();
+    let promoted = poll(Duration::from_secs(60), || {
+        voter(&members[leader], ids[down]).then_some(())
+    });
+    assert!(
+        promoted.is_some(),
+        "{} becomes a voter: {:?}",
+        names[down],
+        members[leader].members()
+    );
+    assert!(members[leader]
+        .log_text()
+        .contains("promoting a learner into an empty voter place"));
+    assert!(
+        served(&members[down], &certs[0].0, index),
+        "{}",
+        names[down]
+    );
+}
+
+#[test]
+fn a_voter_is_not_removed_when_the_voters_left_would_have_no_quorum() {
+    let t = TestDir::new();
+    let certs = debian_certs(2);
+    let token = t.file("admin-token", &format!("{TOKEN}\n"));
+    let names = ["n1", "n2", "n3"];
+    let mut members = start_cluster(&t, &names, |s| s.admin_token(&token));
+    let all: Vec<&Member> = members.iter().collect();
+    let ids: Vec<u64> = members.iter().map(Member::id).collect();
+    wait_members(&all, &ids);
+    let leader = leader_of(&all);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (dead, live) = (followers[0], followers[1]);
+
+    tracing_phase(&format!("{} goes down", names[dead]));
+    members[dead].kill9();
+    let silent = poll(Duration::from_secs(30), || {
+        let v = members[leader].json("/cluster/nodes")?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == ids[dead] && n["reachable"] == false)
+            .then_some(())
+    });
+    assert!(
+        silent.is_some(),
+        "the leader reports {} unreachable",
+        names[dead]
+    );
+
+    tracing_phase(&format!(
+        "removing the live {} would leave {{leader, {}}} with one voter answering: 409",
+        names[live], names[dead]
+    ));
+    let r = leave(
+        &members[leader],
+        Some(TOKEN),
+        &json!({ "name": names[live] }),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("only 1 answered"), "{}", r.text());
+    assert_eq!(r.text().trim_end().lines().count(), 1, "{}", r.text());
+    let listed = members[leader].members();
+    assert!(
+        listed.iter().all(|x| x.2) && listed.len() == 3,
+        "{listed:?}"
+    );
+    let status = members[leader].json("/cluster/status").unwrap();
+    assert_eq!(
+        status["status"]["joint"], false,
+        "nothing was proposed: {status}"
+    );
+
+    tracing_phase("the cluster still commits through the two that are up");
+    let r = members[live].post(&certs[0].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    assert!(served(&members[leader], &certs[0].0, index));
+
+    tracing_phase(&format!(
+        "removing the dead {} is allowed, and writes go on",
+        names[dead]
+    ));
+    let r = leave(
+        &members[leader],
+        Some(TOKEN),
+        &json!({ "name": names[dead] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_members(
+        &[&members[leader], &members[live]],
+        &[ids[leader], ids[live]],
+    );
+    let r = members[leader].post(&certs[1].1);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let index = log_index(&r);
+    assert!(served(&members[live], &certs[1].0, index));
 }
 
 #[test]
