@@ -90,8 +90,15 @@ fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
             // (what admin replace/delete take as If-Match).
             1 => {
                 let (fpr, block) = blocks.pop().expect("one block");
-                etag = Some(state.keys.etag_of(&fpr)?);
-                block
+                // Body and ETag of one version: a write may have landed since the search.
+                match state.keys.armored_with_etag(&fpr)? {
+                    Some((tag, body)) => {
+                        etag = Some(tag);
+                        body
+                    }
+                    // Deleted since the search: what was found is still a true answer.
+                    None => block,
+                }
             }
             // Several matches: one armor block holding all of them, since not every client
             // reads past the first block.

@@ -147,7 +147,8 @@ impl Keyserver {
     }
 
     /// Commit `cmd`: here when this node leads, else through the leader. Answers once the
-    /// entry is applied on this node too, so the caller reads its own write here. A leader
+    /// entry is applied on this node too (waiting at most 10 s for that), so the caller reads its
+    /// own write here. A leader
     /// change mid-way is retried with the same request id (apply skips duplicates). The time
     /// a successful commit took goes into the node's `commit` histogram.
     pub(super) async fn commit(&self, cmd: Command) -> Result<(Response, u64), RaftError> {
@@ -195,9 +196,13 @@ impl Keyserver {
                 Ok((resp, index)) => {
                     let resp: Response = rmp_serde::from_slice(&resp)
                         .map_err(|e| RaftError::Codec(e.to_string()))?;
-                    self.raft
-                        .wait_applied(index, Duration::from_secs(10))
-                        .await?;
+                    // The leader's answer is the outcome. A node that cannot apply it in time
+                    // (far behind, installing a snapshot) still reports it, with the index a
+                    // read can wait for (`min_index`), rather than "outcome unknown".
+                    if let Err(e) = self.raft.wait_applied(index, Duration::from_secs(10)).await {
+                        tracing::warn!(index, error = %e,
+                            "a forwarded write committed, but this node has not applied it yet");
+                    }
                     return Ok((resp, index));
                 }
                 Err(reason) => {
@@ -237,9 +242,12 @@ impl Keyserver {
         self.forwarder.as_deref()
     }
 
-    /// The ETag of the version this replica holds for `fpr`.
-    pub fn etag_of(&self, fpr: &[u8]) -> Result<String, RaftError> {
-        Ok(self.version_of(fpr)?.etag())
+    /// The stored armored form of `fpr` and the ETag of that very version, read together.
+    pub fn armored_with_etag(&self, fpr: &[u8]) -> Result<Option<(String, Vec<u8>)>, RaftError> {
+        Ok(self
+            .store
+            .get_rendered_with_cert(fpr)?
+            .map(|(record, body)| (record.version.etag(), body)))
     }
 
     /// The Raft node, for status and health.

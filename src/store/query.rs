@@ -28,6 +28,24 @@ impl Store {
         Ok(self.db.get_cf(self.cf(CF_RENDERED), fingerprint)?)
     }
 
+    /// The rendered form of a certificate with its record, both read from one RocksDB snapshot:
+    /// an apply batch landing between two separate reads could pair one version's body with
+    /// the next version's record (and ETag).
+    pub fn get_rendered_with_cert(
+        &self,
+        fingerprint: &[u8],
+    ) -> Result<Option<(CertRecord, Vec<u8>)>, StoreError> {
+        let view = self.db.snapshot();
+        let Some(rendered) = view.get_cf(self.cf(CF_RENDERED), fingerprint)? else {
+            return Ok(None);
+        };
+        let record = match view.get_pinned_cf(self.cf(CF_CERTS), fingerprint)? {
+            Some(v) => CertRecord::decode(&v)?,
+            None => return Ok(None),
+        };
+        Ok(Some((record, rendered)))
+    }
+
     /// Primary fingerprints of certificates carrying `term` in index `kind`, at most `limit`,
     /// in fingerprint order.
     pub fn find(

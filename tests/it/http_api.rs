@@ -544,12 +544,12 @@ async fn cluster_admin_calls_need_the_token_and_report_raft_state() {
         leave().insert_header(("authorization", "Bearer wrong"))
     );
     assert_eq!(s, 401);
-    eprintln!("--- with the token: the only voter may not leave (403), unknown names are 404");
+    eprintln!("--- with the token: the only voter may not leave (409), unknown names are 404");
     let (s, _, body) = call!(
         app,
         leave().insert_header(("authorization", "Bearer t0ken"))
     );
-    assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(s, 409, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("last voter"));
     let (s, _, _) = call!(
         app,
