@@ -89,18 +89,25 @@ fn refuse(spec: &JoinSpec, reason: String, on_refuse: OnRefuse) -> RaftError {
     RaftError::Refused(reason)
 }
 
-/// A forwarded call's one-line error back as a [`RaftError`]: refusals stay refusals.
+/// A forwarded call's one-line error back as a [`RaftError`] of the same kind (the leader's
+/// text starts with its error's prefix): refusals stay refusals (403), unknown members 404,
+/// membership conflicts 409, the leader's own failures 500; anything else, the network or a
+/// leader change, is retryable (503).
 fn forwarded(e: String) -> RaftError {
-    match e.strip_prefix("refused: ") {
-        Some(r) => RaftError::Refused(r.to_string()),
-        None => match e.strip_prefix("no such member: ") {
-            Some(m) => RaftError::UnknownMember(m.to_string()),
-            None => match e.strip_prefix("membership change refused: ") {
-                Some(m) => RaftError::Membership(m.to_string()),
-                None => RaftError::NoQuorum(format!("forwarding to the leader: {e}")),
-            },
-        },
+    type Kind = fn(String) -> RaftError;
+    let kinds: [(&str, Kind); 5] = [
+        ("refused: ", RaftError::Refused),
+        ("no such member: ", RaftError::UnknownMember),
+        ("membership change refused: ", RaftError::Membership),
+        ("storage error: ", RaftError::Storage),
+        ("fatal raft error: ", RaftError::Fatal),
+    ];
+    for (prefix, kind) in kinds {
+        if let Some(rest) = e.strip_prefix(prefix) {
+            return kind(rest.to_string());
+        }
     }
+    RaftError::NoQuorum(format!("forwarding to the leader: {e}"))
 }
 
 fn leader_elsewhere(raft: &RaftNode) -> Result<Option<KeyraftNode>, RaftError> {
@@ -394,6 +401,30 @@ mod tests {
     use super::*;
     use crate::raft::settings::RaftSettings;
     use crate::store::Store;
+
+    #[test]
+    fn a_forwarded_error_keeps_its_kind() {
+        // What the leader sends back is its error's text; each kind must map to the same kind.
+        let cases = [
+            RaftError::Refused("wrong cluster secret".into()),
+            RaftError::UnknownMember("n9".into()),
+            RaftError::Membership("the last voter cannot leave".into()),
+            RaftError::Storage("disk full".into()),
+            RaftError::Fatal("raft task panicked".into()),
+        ];
+        for e in cases {
+            let back = forwarded(e.to_string());
+            assert_eq!(back.to_string(), e.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e}"
+            );
+        }
+        let net = forwarded("transport error: connection refused".into());
+        assert!(matches!(net, RaftError::NoQuorum(_)), "{net}");
+        assert!(net.is_unavailable());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_leave_behind_a_change_in_progress_gets_a_retryable_timeout() {
