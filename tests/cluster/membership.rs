@@ -45,6 +45,19 @@ fn wait_members(on: &[&Member], ids: &[u64]) {
     }
 }
 
+/// Wait (bounded) until `leader` reports member `id` (named `name`) unreachable.
+fn wait_unreachable(leader: &Member, id: u64, name: &str) {
+    let silent = poll(Duration::from_secs(30), || {
+        let v = leader.json("/cluster/nodes")?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == id && n["reachable"] == false)
+            .then_some(())
+    });
+    assert!(silent.is_some(), "the leader reports {name} unreachable");
+}
+
 #[test]
 fn followers_and_then_the_leader_leave_gracefully_and_writes_go_on() {
     let t = TestDir::new();
@@ -179,19 +192,7 @@ fn a_leaving_voter_is_replaced_by_a_learner_that_is_up_not_by_one_that_is_down()
     members[down].kill9();
     let voters: Vec<&Member> = members[..3].iter().collect();
     let leader = leader_of(&voters);
-    let unreachable = poll(Duration::from_secs(30), || {
-        let v = members[leader].json("/cluster/nodes")?;
-        v["nodes"]
-            .as_array()?
-            .iter()
-            .any(|n| n["id"] == ids[down] && n["reachable"] == false)
-            .then_some(())
-    });
-    assert!(
-        unreachable.is_some(),
-        "the leader reports {} unreachable",
-        names[down]
-    );
+    wait_unreachable(&members[leader], ids[down], names[down]);
 
     let gone = (0..3).find(|&i| i != leader).unwrap();
     tracing_phase(&format!("voter {} leaves", names[gone]));
@@ -290,19 +291,7 @@ fn a_voter_is_not_removed_when_the_voters_left_would_have_no_quorum() {
 
     tracing_phase(&format!("{} goes down", names[dead]));
     members[dead].kill9();
-    let silent = poll(Duration::from_secs(30), || {
-        let v = members[leader].json("/cluster/nodes")?;
-        v["nodes"]
-            .as_array()?
-            .iter()
-            .any(|n| n["id"] == ids[dead] && n["reachable"] == false)
-            .then_some(())
-    });
-    assert!(
-        silent.is_some(),
-        "the leader reports {} unreachable",
-        names[dead]
-    );
+    wait_unreachable(&members[leader], ids[dead], names[dead]);
 
     tracing_phase(&format!(
         "removing the live {} would leave {{leader, {}}} with one voter answering: 409",
