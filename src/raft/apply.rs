@@ -18,20 +18,38 @@ use super::records::{self, AuditEntry, ConflictRecord, Policy, Resolution, Side,
 use crate::pgp;
 use crate::store::{ApplyBatch, CertRecord, StoreError, VersionVector};
 
+/// Largest encoded answer kept with a request id for its retries (one answer line is about
+/// 60 bytes); a larger one (a bulk import) is answered [`ApplyOutcome::Duplicate`] on retry.
+pub const ANSWER_KEPT_MAX: usize = 1024;
+
 /// Apply `cmd`, committed at log `index`, into `batch`. Errors are storage errors only
 /// (they stop the node); per-item problems become [`ApplyOutcome::Rejected`].
+///
+/// A command whose request id was applied before (a retry after a leader change, a lost
+/// reply or a timeout) is not applied again: it gets the first application's answer, kept
+/// with the request id, or [`ApplyOutcome::Duplicate`] when none was kept.
 pub fn apply_command(
     batch: &mut ApplyBatch,
     cmd: &Command,
     index: u64,
 ) -> Result<Response, StoreError> {
     let Command::V1(c) = cmd;
-    if batch.seen_request(c.request_id)? {
-        return Ok(Response {
+    if let Some(answer) = batch.earlier_answer(c.request_id)? {
+        return Ok(super::codec::decode(&answer).unwrap_or_else(|_| Response {
             outcomes: vec![ApplyOutcome::Duplicate],
-        });
+        }));
     }
-    batch.record_request(c.request_id, index)?;
+    let response = apply_once(batch, c, index)?;
+    let answer = super::codec::encode(&response)
+        .ok()
+        .filter(|a| a.len() <= ANSWER_KEPT_MAX)
+        .unwrap_or_default();
+    batch.record_request(c.request_id, index, &answer)?;
+    Ok(response)
+}
+
+/// Apply a command seen for the first time.
+fn apply_once(batch: &mut ApplyBatch, c: &CommandV1, index: u64) -> Result<Response, StoreError> {
     records::prune_audit(batch, index, records::policies(batch)?.audit_keep)?;
     super::replay::prune(batch, c.time)?;
     let mut ctx = Ctx {

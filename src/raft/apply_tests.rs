@@ -477,3 +477,62 @@ fn routing_changes_are_stored_audited_and_invalid_ones_rejected() {
     assert!(lines[0].1.contains("Linearizable"), "{lines:?}");
     assert!(lines[1].1.starts_with("rejected: "), "{lines:?}");
 }
+
+#[test]
+fn a_retried_request_is_not_applied_again_and_gets_the_first_answer() {
+    let mut n = Node::new();
+    let (fpr, a, _) = two_versions();
+    let cmd = |request_id: u128, op: Op| {
+        Command::V1(CommandV1 {
+            request_id,
+            time: 10,
+            op,
+            origin: 1,
+            actor: "test".into(),
+            signed: None,
+        })
+    };
+    let apply = |n: &Node, index: u64, c: &Command| {
+        let mut b = n.store.begin_apply();
+        let r = apply_command(&mut b, c, index).unwrap();
+        b.commit().unwrap();
+        r.outcomes
+    };
+    let upload = cmd(77, submit(&a, VersionVector::default()));
+    let first = apply(&n, 1, &upload);
+    assert!(
+        matches!(first.as_slice(), [ApplyOutcome::New { .. }]),
+        "{first:?}"
+    );
+    let v1 = n.version(&fpr);
+    // The same request again (a retry after a lost reply): "new", as the first time, where
+    // applying it again would have said "unchanged"; the version did not move.
+    assert_eq!(apply(&n, 2, &upload), first);
+    assert_eq!(n.version(&fpr), v1);
+    // A second request with the same content is applied, and says so.
+    let again = apply(&n, 3, &cmd(78, submit(&a, v1.clone())));
+    assert!(
+        matches!(again.as_slice(), [ApplyOutcome::Unchanged { .. }]),
+        "{again:?}"
+    );
+    // Two copies in one batch: the second gets the first's answer.
+    let delete = cmd(
+        79,
+        Op::Delete {
+            fingerprints: vec![hex::encode_upper(&fpr)],
+            bases: vec![v1],
+            if_match: None,
+            reason: String::new(),
+        },
+    );
+    let mut b = n.store.begin_apply();
+    let one = apply_command(&mut b, &delete, 4).unwrap();
+    let two = apply_command(&mut b, &delete, 5).unwrap();
+    b.commit().unwrap();
+    assert!(
+        matches!(one.outcomes.as_slice(), [ApplyOutcome::Deleted { .. }]),
+        "{one:?}"
+    );
+    assert_eq!(two, one);
+    n.index = 5;
+}

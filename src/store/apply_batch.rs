@@ -25,7 +25,8 @@ pub struct ApplyBatch {
     batch: WriteBatch,
     certs: BTreeMap<Vec<u8>, Option<CertRecord>>,
     meta: BTreeMap<String, Vec<u8>>,
-    requests: BTreeMap<u128, u64>,
+    /// Requests recorded in this batch: their stored values (index, then the answer).
+    requests: BTreeMap<u128, Vec<u8>>,
     count_delta: i64,
     /// Whether a certificate was added or removed in this batch: the count is then written
     /// even when the changes cancel out, so its presence does not depend on the batching.
@@ -115,29 +116,34 @@ impl ApplyBatch {
         }
     }
 
-    /// Whether `request_id` was applied before (within [`DEDUP_WINDOW`] entries).
-    pub fn seen_request(&self, request_id: u128) -> Result<bool, StoreError> {
-        if self.requests.contains_key(&request_id) {
-            return Ok(true);
-        }
-        if self.forgotten.contains(&request_id) {
-            return Ok(false);
-        }
-        let key = dedup_id_key(request_id);
-        Ok(self
-            .store
-            .db
-            .get_cf(self.store.cf(CF_DEDUP), key)?
-            .is_some())
+    /// If `request_id` was applied before (within [`DEDUP_WINDOW`] entries), the answer
+    /// recorded with it: empty when none was kept (too large, or recorded by a release that
+    /// kept none).
+    pub fn earlier_answer(&self, request_id: u128) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = if let Some(v) = self.requests.get(&request_id) {
+            Some(v.clone())
+        } else if self.forgotten.contains(&request_id) {
+            None
+        } else {
+            let key = dedup_id_key(request_id);
+            self.store.db.get_cf(self.store.cf(CF_DEDUP), key)?
+        };
+        Ok(value.map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 
-    /// Remember `request_id` as applied at `index`, forgetting ids older than the window.
-    pub fn record_request(&mut self, request_id: u128, index: u64) -> Result<(), StoreError> {
+    /// Remember `request_id` as applied at `index` with `answer` (opaque bytes, possibly
+    /// empty), forgetting ids older than the window.
+    pub fn record_request(
+        &mut self,
+        request_id: u128,
+        index: u64,
+        answer: &[u8],
+    ) -> Result<(), StoreError> {
         let cf = self.store.cf(CF_DEDUP);
-        self.batch
-            .put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
+        let value = [&index.to_be_bytes()[..], answer].concat();
+        self.batch.put_cf(cf, dedup_id_key(request_id), &value);
         self.batch.put_cf(cf, dedup_age_key(index, request_id), []);
-        self.requests.insert(request_id, index);
+        self.requests.insert(request_id, value);
         if index > self.dedup_window {
             self.forget_requests_before(index - self.dedup_window)?;
         }
@@ -294,11 +300,11 @@ pub(super) mod tests {
                 let mut b = s.begin_apply();
                 b.dedup_window = 100;
                 for &i in chunk {
-                    b.record_request(u128::from(i) * 7, i).unwrap();
+                    b.record_request(u128::from(i) * 7, i, &[]).unwrap();
                 }
                 b.commit().unwrap();
             }
-            let seen_old = s.begin_apply().seen_request(250 * 7).unwrap();
+            let seen_old = s.begin_apply().earlier_answer(250 * 7).unwrap().is_some();
             (dedup_contents(&s), seen_old, dir)
         };
         let (one, seen_one, _d1) = record(1);
@@ -376,14 +382,32 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn request_ids_are_remembered() {
+    fn request_ids_are_remembered_with_their_answers() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut b = s.begin_apply();
-        assert!(!b.seen_request(42).unwrap());
-        b.record_request(42, 5).unwrap();
-        assert!(b.seen_request(42).unwrap());
+        assert_eq!(b.earlier_answer(42).unwrap(), None);
+        b.record_request(42, 5, b"first answer").unwrap();
+        b.record_request(43, 6, &[]).unwrap();
+        // Within the batch, and once committed.
+        assert_eq!(
+            b.earlier_answer(42).unwrap().as_deref(),
+            Some(&b"first answer"[..])
+        );
         b.commit().unwrap();
-        assert!(s.begin_apply().seen_request(42).unwrap());
+        let b = s.begin_apply();
+        assert_eq!(
+            b.earlier_answer(42).unwrap().as_deref(),
+            Some(&b"first answer"[..])
+        );
+        assert_eq!(b.earlier_answer(43).unwrap().as_deref(), Some(&[][..]));
+        // A value written by a release that kept only the index: seen, no answer.
+        let mut w = rocksdb::WriteBatch::default();
+        w.put_cf(s.cf(CF_DEDUP), dedup_id_key(44), 9u64.to_be_bytes());
+        s.db.write(w).unwrap();
+        assert_eq!(
+            s.begin_apply().earlier_answer(44).unwrap().as_deref(),
+            Some(&[][..])
+        );
     }
 }

@@ -204,7 +204,7 @@ mod tests {
         .unwrap();
         b.put_rendered(&[7; 20], b"armored".to_vec());
         b.set_sm_meta("last_applied", vec![3]);
-        b.record_request(99, 3).unwrap();
+        b.record_request(99, 3, b"answer").unwrap();
         b.put(Table::Conflicts, &7u64.to_be_bytes(), b"conflict".to_vec());
         b.commit().unwrap();
         let mut buf = Vec::new();
@@ -239,7 +239,10 @@ mod tests {
         );
         assert!(bs.find(IndexKind::Word, b"bob", 5).unwrap().is_empty());
         assert_eq!(bs.cert_count().unwrap(), 1);
-        assert!(bs.begin_apply().seen_request(99).unwrap());
+        assert_eq!(
+            bs.begin_apply().earlier_answer(99).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
         assert_eq!(
             bs.get(Table::Conflicts, &7u64.to_be_bytes()).unwrap(),
             Some(b"conflict".to_vec())
