@@ -82,24 +82,12 @@ fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
     let search = q.search.expect("parser requires search for this op");
     let limit = state.settings.result_limit;
     if q.op == LookupOp::Get {
-        let mut blocks = state.keys.find_armored(&search, limit)?;
-        let mut etag = None;
+        let (mut blocks, etag) = state.keys.find_armored(&search, limit)?;
         let body = match blocks.len() {
             0 => return Err(ApiError::NotFound("no key matches the search".into())),
             // The common case: the stored armored form, sent as is, with the version's ETag
             // (what admin replace/delete take as If-Match).
-            1 => {
-                let (fpr, block) = blocks.pop().expect("one block");
-                // Body and ETag of one version: a write may have landed since the search.
-                match state.keys.armored_with_etag(&fpr)? {
-                    Some((tag, body)) => {
-                        etag = Some(tag);
-                        body
-                    }
-                    // Deleted since the search: what was found is still a true answer.
-                    None => block,
-                }
-            }
+            1 => blocks.pop().expect("one block").1,
             // Several matches: one armor block holding all of them, since not every client
             // reads past the first block.
             _ => {

@@ -242,14 +242,6 @@ impl Keyserver {
         self.forwarder.as_deref()
     }
 
-    /// The stored armored form of `fpr` and the ETag of that very version, read together.
-    pub fn armored_with_etag(&self, fpr: &[u8]) -> Result<Option<(String, Vec<u8>)>, RaftError> {
-        Ok(self
-            .store
-            .get_rendered_with_cert(fpr)?
-            .map(|(record, body)| (record.version.etag(), body)))
-    }
-
     /// The Raft node, for status and health.
     pub fn raft(&self) -> &RaftNode {
         &self.raft
@@ -463,15 +455,27 @@ impl Keyserver {
     }
 
     /// The stored armored form of each certificate matching `search` (what `op=get` sends:
-    /// no encoding on the read path), at most `limit`.
-    pub fn find_armored(&self, search: &Search, limit: usize) -> Result<Vec<Armored>, RaftError> {
+    /// no encoding on the read path), at most `limit`; for a single match also the ETag of
+    /// that very version, read with it from one view.
+    pub fn find_armored(
+        &self,
+        search: &Search,
+        limit: usize,
+    ) -> Result<(Vec<Armored>, Option<String>), RaftError> {
+        let fprs = self.fingerprints(search, limit)?;
+        if let [f] = fprs.as_slice() {
+            return Ok(match self.store.get_rendered_with_cert(f)? {
+                Some((record, body)) => (vec![(f.clone(), body)], Some(record.version.etag())),
+                None => (Vec::new(), None),
+            });
+        }
         let mut out = Vec::new();
-        for f in self.fingerprints(search, limit)? {
+        for f in fprs {
             if let Some(a) = self.store.get_rendered(&f)? {
                 out.push((f, a));
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Fingerprints of certificates whose user ids contain every word.
