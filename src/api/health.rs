@@ -46,6 +46,9 @@ pub(super) fn readiness(state: &AppState) -> Result<Readiness, ApiError> {
             "not ready: joining the cluster (not admitted yet)".into(),
         ));
     }
+    if state.keys.is_installing() {
+        return Ok(NotReady("not ready: installing a snapshot".into()));
+    }
     let raft = state.keys.raft();
     let status = raft.status();
     if status.leader_cut_off() {

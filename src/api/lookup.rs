@@ -40,6 +40,9 @@ async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError
         // An empty or partial replica would answer "not found" for keys the cluster has.
         return Err(crate::raft::RaftError::Joining.into());
     }
+    if state.keys.is_installing() {
+        return Err(crate::raft::RaftError::Installing.into());
+    }
     let raft = state.keys.raft();
     let consistency = match (q.consistency, &q.op) {
         (Some(c), _) => c,

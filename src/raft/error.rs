@@ -58,6 +58,9 @@ pub enum RaftError {
     /// This node is still joining the cluster: its replica is empty or partial.
     #[error("this node is still joining the cluster; ask another member")]
     Joining,
+    /// This node is replacing its replica with a snapshot: what it holds is partial.
+    #[error("this node is installing a snapshot; retry, or ask another member")]
+    Installing,
     /// An unrecoverable internal error (e.g. the raft task panicked).
     #[error("fatal raft error: {0}")]
     Fatal(String),
@@ -77,6 +80,7 @@ impl RaftError {
                 | RaftError::ShuttingDown
                 | RaftError::Removed(_)
                 | RaftError::Joining
+                | RaftError::Installing
         )
     }
 }

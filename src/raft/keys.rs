@@ -135,6 +135,11 @@ impl Keyserver {
         self.joining.load(Ordering::SeqCst)
     }
 
+    /// Whether a snapshot install is replacing this node's replica right now.
+    pub fn is_installing(&self) -> bool {
+        self.store.is_installing()
+    }
+
     /// Mark this node as joining (set by the node before its join, cleared once admitted).
     pub fn set_joining(&self, joining: bool) {
         self.joining.store(joining, Ordering::SeqCst);
@@ -158,6 +163,10 @@ impl Keyserver {
         if self.is_joining() {
             // Its replica is empty or partial: a write would be checked against the wrong base.
             return Err(RaftError::Joining);
+        }
+        if self.is_installing() {
+            // Its base versions would come from a partial replica.
+            return Err(RaftError::Installing);
         }
         let started = std::time::Instant::now();
         let r = self.commit_and_apply(cmd).await;

@@ -8,7 +8,8 @@
 //!
 //! Snapshots live under `<data_dir>/snapshots/` (see [`SnapshotFiles`]); building is done by
 //! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory, then
-//! replaces the store's state atomically with `Store::snapshot_install`, then makes it current.
+//! replaces the store's state with `Store::snapshot_install` (streamed; a crash midway is
+//! discarded at the next open), then makes it current.
 //!
 //! Each batch and each entry in it is timed into [`NodeMetrics`] (`apply_batch`,
 //! `apply_entry`). The timings are node-local and never part of what apply writes.

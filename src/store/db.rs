@@ -16,6 +16,7 @@
 //! their armor (two to three times the entry) to copy, checksum and carry through the next
 //! log fsync. Measured in docs/benchmarks.md (item 7).
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -66,6 +67,8 @@ pub(crate) const SM_CFS: [&str; 13] = [
 pub struct Store {
     pub(crate) db: Arc<DB>,
     dir: PathBuf,
+    /// Set while [`Store::snapshot_install`] writes: the state is then partial.
+    pub(crate) installing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -106,10 +109,19 @@ impl Store {
             cfs.push(ColumnFamilyDescriptor::new(name, Options::default()));
         }
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-        })
+            installing: Arc::default(),
+        };
+        if store.install_interrupted()? {
+            tracing::warn!(
+                "a snapshot install was interrupted: discarding the half-installed state; \
+                 the node restores its latest snapshot and log"
+            );
+            store.discard_state()?;
+        }
+        Ok(store)
     }
 
     /// Open an existing database read-only (for `keyraft export` next to a running node).
@@ -124,10 +136,26 @@ impl Store {
             .filter(|n| existing.iter().any(|e| e == n))
             .collect();
         let db = DB::open_cf_for_read_only(&Options::default(), path, names, false)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-        })
+            installing: Arc::default(),
+        };
+        if store.install_interrupted()? {
+            return Err(StoreError::Corrupt {
+                cf: "sm_meta",
+                reason: "a snapshot install is under way or was interrupted: \
+                         try again once the node has started and caught up"
+                    .into(),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Whether a snapshot install is replacing the state right now: reads would see part of
+    /// the old state or of the new one.
+    pub fn is_installing(&self) -> bool {
+        self.installing.load(Ordering::SeqCst)
     }
 
     /// The node's data directory (the database lives in `db/` under it).

@@ -6,9 +6,10 @@
 //! `(key, value)` of the dedup table, and `E` the
 //! frame count as u64 BE. Indexes are not shipped: they are rebuilt from each record's terms.
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::Ordering;
 
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::db::{CF_CERTS, CF_DEDUP, CF_RENDERED, CF_SM_META, SM_CFS};
 use super::record::CertRecord;
@@ -16,6 +17,11 @@ use super::tables::Table;
 use super::{Store, StoreError};
 
 const MAGIC: &[u8] = b"KEYRAFT-SNAP";
+/// The `sm_meta` key set while a snapshot install is under way (see
+/// [`Store::snapshot_install`]).
+const INSTALLING: &[u8] = b"snapshot_install_in_progress";
+/// About how many bytes of an installing snapshot are written per batch.
+pub const INSTALL_CHUNK_BYTES: usize = 8 << 20;
 /// Version 2 added `T` frames (tombstones, conflicts, audit); version 1 streams still install.
 const VERSION: u8 = 2;
 
@@ -107,76 +113,191 @@ impl Store {
         Ok(meta)
     }
 
-    /// Replace all state-machine data with the snapshot's, in one fsynced `WriteBatch`: a crash
-    /// leaves either the old state or the new one, never a mix. The input is fully validated
-    /// before anything is written.
+    /// Replace all state-machine data with the snapshot's. A crash leaves the old state, the
+    /// new one, or a state marked as half-installed that [`Store::open`] discards (the node
+    /// then restores its own latest snapshot and log, as after any crash); never a mix that
+    /// is taken for a whole state. Memory stays bounded by [`INSTALL_CHUNK_BYTES`], whatever
+    /// the snapshot's size.
     ///
-    /// The batch deletes every key the live state holds. Apply writes skip the WAL, so a key
-    /// deleted since the last flush is absent from the live state but still in the files on
-    /// disk, and a crash would replay this batch over those files and bring it back. Hence a
-    /// flush first: then the files hold exactly the live state the batch deletes.
-    pub fn snapshot_install(&self, input: &mut dyn Read) -> Result<(), StoreError> {
-        let mut head = [0u8; 13];
-        input.read_exact(&mut head)?;
-        if &head[..12] != MAGIC || !(1..=VERSION).contains(&head[12]) {
-            return Err(corrupt("bad magic or version"));
-        }
-        self.flush()?;
+    /// Two passes over `input`: the first checks every frame, so a truncated or corrupt
+    /// snapshot is refused before anything is written. The second writes:
+    /// 1. one synced batch: range deletes over every state-machine column family, and the
+    ///    [`INSTALLING`] marker. A range delete also covers keys that apply (which skips the
+    ///    WAL) deleted in the memtable but that are still in the files on disk;
+    /// 2. the frames in batches of about [`INSTALL_CHUNK_BYTES`], without the WAL;
+    /// 3. a flush of every column family together, so the data is on disk;
+    /// 4. one synced batch: the snapshot's `sm_meta` (its last-applied id among it) and the
+    ///    marker's removal.
+    pub fn snapshot_install<R: Read + Seek>(&self, input: &mut R) -> Result<(), StoreError> {
+        self.snapshot_install_in_chunks(input, INSTALL_CHUNK_BYTES, &mut |_| {})
+    }
+
+    /// [`Store::snapshot_install`] with the chunk size and a call after each chunk written
+    /// (its number, from 1), for tests.
+    pub(crate) fn snapshot_install_in_chunks<R: Read + Seek>(
+        &self,
+        input: &mut R,
+        chunk_bytes: usize,
+        after_chunk: &mut dyn FnMut(usize),
+    ) -> Result<(), StoreError> {
+        let start = input.stream_position()?;
+        read_frames(input, &mut |_| Ok(()))?;
+        input.seek(SeekFrom::Start(start))?;
+        self.installing.store(true, Ordering::SeqCst);
+        let r = self.install_checked(input, chunk_bytes, after_chunk);
+        // On an error the marker stays: the node stops (a storage error) and the next open
+        // discards the partial state.
+        self.installing.store(r.is_err(), Ordering::SeqCst);
+        r
+    }
+
+    /// The writing pass of [`Store::snapshot_install_in_chunks`], over a checked stream.
+    fn install_checked<R: Read>(
+        &self,
+        input: &mut R,
+        chunk_bytes: usize,
+        after_chunk: &mut dyn FnMut(usize),
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        for name in SM_CFS {
-            let cf = self.cf(name);
-            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-                batch.delete_cf(cf, item?.0);
-            }
-        }
-        let mut frames = 0u64;
-        loop {
-            let mut tag_len = [0u8; 5];
-            input.read_exact(&mut tag_len)?;
-            let len = u32::from_be_bytes(tag_len[1..].try_into().expect("4 bytes")) as usize;
-            let mut payload = vec![0u8; len];
-            input.read_exact(&mut payload)?;
-            match tag_len[0] {
-                b'M' | b'D' | b'R' => {
-                    let (k, v): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
-                        rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
-                    let cf = match tag_len[0] {
-                        b'M' => CF_SM_META,
-                        b'D' => CF_DEDUP,
-                        _ => CF_RENDERED,
-                    };
-                    batch.put_cf(self.cf(cf), k, v);
-                }
-                b'C' => {
-                    let rec = CertRecord::decode(&payload)?;
+        self.delete_all_state(&mut batch)?;
+        batch.put_cf(self.cf(CF_SM_META), INSTALLING, []);
+        self.db.write_opt(batch, &Self::synced())?;
+
+        let mut unlogged = WriteOptions::default();
+        unlogged.disable_wal(true);
+        let mut meta = Vec::new();
+        let mut batch = WriteBatch::default();
+        let mut chunks = 0;
+        read_frames(input, &mut |frame| {
+            match frame {
+                Frame::Meta(k, v) => meta.push((k, v)),
+                Frame::Put(cf, k, v) => batch.put_cf(self.cf(cf), k, v),
+                Frame::Cert(rec, payload) => {
                     for (kind, term) in &rec.terms {
                         let key = [kind.prefix(term), rec.fingerprint.clone()].concat();
                         batch.put_cf(self.cf(kind.cf()), key, []);
                     }
-                    batch.put_cf(self.cf(CF_CERTS), &rec.fingerprint, &payload);
+                    batch.put_cf(self.cf(CF_CERTS), &rec.fingerprint, payload);
                 }
-                b'T' => {
-                    let (t, k, v): (u8, serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
-                        rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
-                    let table =
-                        Table::from_u8(t).ok_or_else(|| corrupt(format!("unknown table {t}")))?;
-                    batch.put_cf(self.cf(table.cf()), k, v);
-                }
-                b'E' => {
-                    let n = u64::from_be_bytes(
-                        payload.try_into().map_err(|_| corrupt("bad end frame"))?,
-                    );
-                    if n != frames {
-                        return Err(corrupt(format!("{frames} frames, end frame says {n}")));
-                    }
-                    break;
-                }
-                t => return Err(corrupt(format!("unknown frame tag {t}"))),
             }
-            frames += 1;
+            if batch.size_in_bytes() >= chunk_bytes {
+                self.db.write_opt(std::mem::take(&mut batch), &unlogged)?;
+                chunks += 1;
+                after_chunk(chunks);
+            }
+            Ok(())
+        })?;
+        self.db.write_opt(batch, &unlogged)?;
+        self.flush()?;
+        let mut batch = WriteBatch::default();
+        for (k, v) in meta {
+            batch.put_cf(self.cf(CF_SM_META), k, v);
         }
+        batch.delete_cf(self.cf(CF_SM_META), INSTALLING);
         self.db.write_opt(batch, &Self::synced())?;
         Ok(())
+    }
+
+    /// Add to `batch` one range delete per state-machine column family, from the empty key to
+    /// just past its last key.
+    fn delete_all_state(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        for name in SM_CFS {
+            let cf = self.cf(name);
+            if let Some(last) = self.db.iterator_cf(cf, IteratorMode::End).next() {
+                let end = [&last?.0[..], &[0]].concat();
+                batch.delete_range_cf(cf, &[][..], &end[..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a snapshot install was interrupted (the [`INSTALLING`] marker is set).
+    pub(crate) fn install_interrupted(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_SM_META), INSTALLING)?.is_some())
+    }
+
+    /// Discard a half-installed state: every state-machine column family emptied, in one
+    /// synced batch. The node then starts as one that never applied anything, and openraft
+    /// restores it from the node's latest snapshot and its log.
+    pub(crate) fn discard_state(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.delete_all_state(&mut batch)?;
+        self.db.write_opt(batch, &Self::synced())?;
+        Ok(())
+    }
+}
+
+/// One decoded frame of a snapshot stream.
+enum Frame<'a> {
+    /// An `sm_meta` entry (written last, with the last-applied id).
+    Meta(Vec<u8>, Vec<u8>),
+    /// A plain key and value of a column family.
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    /// A certificate record (its indexes are rebuilt from its terms) and its encoding.
+    Cert(CertRecord, &'a [u8]),
+}
+
+/// Read and check the stream after its header up to and including the end frame, handing
+/// every frame to `each`. Errors on a bad header, an unknown or undecodable frame, a missing
+/// end frame or a frame count that differs from the end frame's.
+fn read_frames<R: Read>(
+    input: &mut R,
+    each: &mut dyn FnMut(Frame) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut head = [0u8; 13];
+    input.read_exact(&mut head)?;
+    if &head[..12] != MAGIC || !(1..=VERSION).contains(&head[12]) {
+        return Err(corrupt("bad magic or version"));
+    }
+    let mut frames = 0u64;
+    let mut payload = Vec::new();
+    loop {
+        let mut tag_len = [0u8; 5];
+        input.read_exact(&mut tag_len)?;
+        let len = u32::from_be_bytes(tag_len[1..].try_into().expect("4 bytes")) as usize;
+        payload.resize(len, 0);
+        input.read_exact(&mut payload)?;
+        let pair = |p: &[u8]| -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+            let (k, v): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+                rmp_serde::from_slice(p).map_err(|e| corrupt(e.to_string()))?;
+            Ok((k.into_vec(), v.into_vec()))
+        };
+        match tag_len[0] {
+            b'M' => {
+                let (k, v) = pair(&payload)?;
+                each(Frame::Meta(k, v))?;
+            }
+            b'D' => {
+                let (k, v) = pair(&payload)?;
+                each(Frame::Put(CF_DEDUP, k, v))?;
+            }
+            b'R' => {
+                let (k, v) = pair(&payload)?;
+                each(Frame::Put(CF_RENDERED, k, v))?;
+            }
+            b'C' => each(Frame::Cert(CertRecord::decode(&payload)?, &payload))?,
+            b'T' => {
+                let (t, k, v): (u8, serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+                    rmp_serde::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
+                let table =
+                    Table::from_u8(t).ok_or_else(|| corrupt(format!("unknown table {t}")))?;
+                each(Frame::Put(table.cf(), k.into_vec(), v.into_vec()))?;
+            }
+            b'E' => {
+                let n = u64::from_be_bytes(
+                    payload
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("bad end frame"))?,
+                );
+                if n != frames {
+                    return Err(corrupt(format!("{frames} frames, end frame says {n}")));
+                }
+                return Ok(());
+            }
+            t => return Err(corrupt(format!("unknown frame tag {t}"))),
+        }
+        frames += 1;
     }
 }
 
@@ -228,7 +349,12 @@ mod tests {
             })
             .unwrap();
         other.commit().unwrap();
-        bs.snapshot_install(&mut buf.as_slice()).unwrap();
+        // One frame per chunk: every step of a streamed install is exercised.
+        let mut chunks = 0;
+        bs.snapshot_install_in_chunks(&mut std::io::Cursor::new(&buf), 1, &mut |n| chunks = n)
+            .unwrap();
+        assert!(chunks >= 4, "{chunks} chunks");
+        assert!(!bs.is_installing() && !bs.install_interrupted().unwrap());
         assert!(
             bs.get_cert(&[8; 20]).unwrap().is_none(),
             "old state is gone"
@@ -275,7 +401,8 @@ mod tests {
             let mut b = s.begin_apply();
             assert!(b.delete_cert(&[8; 20]).unwrap());
             b.commit().unwrap();
-            s.snapshot_install(&mut snapshot.as_slice()).unwrap();
+            s.snapshot_install(&mut std::io::Cursor::new(snapshot))
+                .unwrap();
             std::process::abort();
         }
         let dir = tempfile::tempdir().unwrap();
@@ -324,7 +451,85 @@ mod tests {
         let mut buf = Vec::new();
         s.snapshot_write(&mut buf).unwrap();
         buf.truncate(buf.len() - 3);
-        assert!(s.snapshot_install(&mut buf.as_slice()).is_err());
+        assert!(s.snapshot_install(&mut std::io::Cursor::new(&buf)).is_err());
+        assert!(!s.is_installing() && !s.install_interrupted().unwrap());
         assert_eq!(s.sm_meta_get("last_applied").unwrap(), Some(vec![1]));
+    }
+
+    /// A crash in the middle of a streamed install (some chunks written, not all) leaves no
+    /// state that passes for a whole one: the next open discards it, and the node starts as
+    /// one that never applied anything (openraft then restores its snapshot and log). A real
+    /// crash, as in the test above: the child aborts after the third chunk.
+    #[test]
+    fn an_install_interrupted_by_a_crash_is_discarded_at_the_next_open() {
+        use std::os::unix::process::ExitStatusExt;
+        const CHILD: &str = "KEYRAFT_TEST_INSTALL_CRASH_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = std::path::PathBuf::from(dir);
+            let snapshot = std::fs::read(dir.join("snapshot")).unwrap();
+            let s = Store::open(&dir.join("node")).unwrap();
+            let mut b = s.begin_apply();
+            b.put_cert(cert(200)).unwrap();
+            b.set_sm_meta("last_applied", vec![5]);
+            b.commit().unwrap();
+            s.flush().unwrap();
+            let mut input = std::io::Cursor::new(snapshot);
+            let _ = s.snapshot_install_in_chunks(&mut input, 1, &mut |n| {
+                assert!(s.is_installing(), "reads are told the state is partial");
+                if n == 3 {
+                    std::process::abort();
+                }
+            });
+            unreachable!("the install aborts after its third chunk");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let mut b = a.begin_apply();
+        for f in 1..=20 {
+            b.put_cert(cert(f)).unwrap();
+        }
+        b.set_sm_meta("last_applied", vec![9]);
+        b.commit().unwrap();
+        let mut snapshot = Vec::new();
+        a.snapshot_write(&mut snapshot).unwrap();
+        std::fs::write(dir.path().join("snapshot"), &snapshot).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::snapshot::tests::an_install_interrupted_by_a_crash_is_discarded_at_the_next_open",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            child.status.signal(),
+            Some(6),
+            "the child died by abort in the install: {:?}\n{}{}",
+            child.status,
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let node = dir.path().join("node");
+        assert!(
+            Store::open_read_only(&node).is_err(),
+            "export refuses a half-installed state"
+        );
+        let s = Store::open(&node).unwrap();
+        assert!(!s.install_interrupted().unwrap());
+        for name in SM_CFS {
+            let left = s.db.iterator_cf(s.cf(name), IteratorMode::Start).count();
+            assert_eq!(left, 0, "{name}: neither old nor partial new state");
+        }
+        assert_eq!(s.sm_meta_get("last_applied").unwrap(), None);
+        assert!(s.get_cert(&[200; 20]).unwrap().is_none());
+        s.snapshot_install(&mut std::io::Cursor::new(&snapshot))
+            .unwrap();
+        assert_eq!(s.cert_count().unwrap(), 20);
+        let rows =
+            s.db.iterator_cf(s.cf(CF_CERTS), IteratorMode::Start)
+                .count();
+        assert_eq!(rows, 20);
+        assert_eq!(s.sm_meta_get("last_applied").unwrap(), Some(vec![9]));
     }
 }
