@@ -18,10 +18,6 @@ use super::records::{self, AuditEntry, ConflictRecord, Policy, Resolution, Side,
 use crate::pgp;
 use crate::store::{ApplyBatch, CertRecord, StoreError, VersionVector};
 
-/// Largest encoded answer kept with a request id for its retries (one answer line is about
-/// 60 bytes); a larger one (a bulk import) is answered [`ApplyOutcome::Duplicate`] on retry.
-pub const ANSWER_KEPT_MAX: usize = 1024;
-
 /// Apply `cmd`, committed at log `index`, into `batch`. Errors are storage errors only
 /// (they stop the node); per-item problems become [`ApplyOutcome::Rejected`].
 ///
@@ -40,10 +36,8 @@ pub fn apply_command(
         }));
     }
     let response = apply_once(batch, c, index)?;
-    let answer = super::codec::encode(&response)
-        .ok()
-        .filter(|a| a.len() <= ANSWER_KEPT_MAX)
-        .unwrap_or_default();
+    // How long which answer is kept is the store's business (`ApplyBatch::record_request`).
+    let answer = super::codec::encode(&response).unwrap_or_default();
     batch.record_request(c.request_id, index, &answer)?;
     Ok(response)
 }

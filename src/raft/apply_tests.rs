@@ -534,5 +534,30 @@ fn a_retried_request_is_not_applied_again_and_gets_the_first_answer() {
         "{one:?}"
     );
     assert_eq!(two, one);
-    n.index = 5;
+    // A large answer (a bulk request: here 40 deletes of unknown keys) is kept too.
+    let bulk = cmd(
+        80,
+        Op::Delete {
+            fingerprints: (0..40u8).map(|i| hex::encode_upper([i; 20])).collect(),
+            bases: vec![VersionVector::default(); 40],
+            if_match: None,
+            reason: String::new(),
+        },
+    );
+    let first = apply(&n, 6, &bulk);
+    let size = crate::raft::codec::encode(&Response {
+        outcomes: first.clone(),
+    })
+    .unwrap()
+    .len();
+    assert!(
+        size > crate::store::ANSWER_INLINE_MAX,
+        "{size} bytes: not a large answer"
+    );
+    assert_eq!(
+        apply(&n, 7, &bulk),
+        first,
+        "the retry gets the first answer"
+    );
+    n.index = 7;
 }

@@ -17,6 +17,15 @@ use super::{Store, StoreError};
 
 /// How many log entries a request id is remembered for duplicate detection.
 pub const DEDUP_WINDOW: u64 = 1_000_000;
+/// Largest answer kept with its request id for the whole [`DEDUP_WINDOW`] (one answer line
+/// is about 60 bytes).
+pub const ANSWER_INLINE_MAX: usize = 1024;
+/// How many log entries a larger answer (a bulk import's) is kept for. A retry comes from the
+/// node that proposed the write within its 25 s commit patience, about 9,000 entries at this
+/// machine's highest write rate.
+pub const LARGE_ANSWER_WINDOW: u64 = 100_000;
+/// Largest answer kept at all; a retry of a larger one answers "duplicate request".
+pub const ANSWER_KEPT_MAX: usize = 1 << 20;
 const COUNT_KEY: &str = "cert_count";
 
 /// Pending state-machine writes; see the module docs.
@@ -37,7 +46,11 @@ pub struct ApplyBatch {
     /// entries are grouped into batches (a crash re-applies in other groups).
     forgotten: BTreeSet<u128>,
     pruned_through: Option<Vec<u8>>,
+    /// The same for large answers (kept under their own keys, for a shorter window).
+    forgotten_large: BTreeSet<u128>,
+    large_pruned_through: Option<Vec<u8>>,
     dedup_window: u64,
+    large_answer_window: u64,
 }
 
 impl Store {
@@ -54,7 +67,10 @@ impl Store {
             tables: BTreeMap::new(),
             forgotten: BTreeSet::new(),
             pruned_through: None,
+            forgotten_large: BTreeSet::new(),
+            large_pruned_through: None,
             dedup_window: DEDUP_WINDOW,
+            large_answer_window: LARGE_ANSWER_WINDOW,
         }
     }
 }
@@ -117,22 +133,33 @@ impl ApplyBatch {
     }
 
     /// If `request_id` was applied before (within [`DEDUP_WINDOW`] entries), the answer
-    /// recorded with it: empty when none was kept (too large, or recorded by a release that
-    /// kept none).
+    /// recorded with it: empty when none is kept (over [`ANSWER_KEPT_MAX`], a large answer
+    /// older than [`LARGE_ANSWER_WINDOW`] entries, or recorded by a release that kept none).
     pub fn earlier_answer(&self, request_id: u128) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = if let Some(v) = self.requests.get(&request_id) {
-            Some(v.clone())
-        } else if self.forgotten.contains(&request_id) {
-            None
-        } else {
-            let key = dedup_id_key(request_id);
-            self.store.db.get_cf(self.store.cf(CF_DEDUP), key)?
+        if let Some(v) = self.requests.get(&request_id) {
+            return Ok(Some(v.get(8..).unwrap_or_default().to_vec()));
+        }
+        if self.forgotten.contains(&request_id) {
+            return Ok(None);
+        }
+        let cf = self.store.cf(CF_DEDUP);
+        let Some(v) = self.store.db.get_cf(cf, dedup_id_key(request_id))? else {
+            return Ok(None);
         };
-        Ok(value.map(|v| v.get(8..).unwrap_or_default().to_vec()))
+        let inline = v.get(8..).unwrap_or_default();
+        if !inline.is_empty() || self.forgotten_large.contains(&request_id) {
+            return Ok(Some(inline.to_vec()));
+        }
+        let Some(index) = v.get(..8).and_then(|i| i.try_into().ok()) else {
+            return Ok(Some(Vec::new()));
+        };
+        let large = dedup_large_key(u64::from_be_bytes(index), request_id);
+        Ok(Some(self.store.db.get_cf(cf, large)?.unwrap_or_default()))
     }
 
     /// Remember `request_id` as applied at `index` with `answer` (opaque bytes, possibly
-    /// empty), forgetting ids older than the window.
+    /// empty), forgetting ids older than the window. An answer over [`ANSWER_INLINE_MAX`]
+    /// goes under its own key, kept for [`LARGE_ANSWER_WINDOW`] entries.
     pub fn record_request(
         &mut self,
         request_id: u128,
@@ -140,38 +167,73 @@ impl ApplyBatch {
         answer: &[u8],
     ) -> Result<(), StoreError> {
         let cf = self.store.cf(CF_DEDUP);
+        let answer = if answer.len() > ANSWER_KEPT_MAX {
+            &[][..]
+        } else {
+            answer
+        };
         let value = [&index.to_be_bytes()[..], answer].concat();
-        self.batch.put_cf(cf, dedup_id_key(request_id), &value);
+        if answer.len() > ANSWER_INLINE_MAX {
+            self.batch
+                .put_cf(cf, dedup_id_key(request_id), index.to_be_bytes());
+            self.batch
+                .put_cf(cf, dedup_large_key(index, request_id), answer);
+        } else {
+            self.batch.put_cf(cf, dedup_id_key(request_id), &value);
+        }
         self.batch.put_cf(cf, dedup_age_key(index, request_id), []);
         self.requests.insert(request_id, value);
         if index > self.dedup_window {
-            self.forget_requests_before(index - self.dedup_window)?;
+            for (k, id) in
+                self.oldest(b'I', self.pruned_through.clone(), index - self.dedup_window)?
+            {
+                self.batch.delete_cf(cf, &k);
+                self.batch.delete_cf(cf, dedup_id_key(id));
+                self.forgotten.insert(id);
+                self.pruned_through = Some(k);
+            }
+        }
+        if index > self.large_answer_window {
+            let before = index - self.large_answer_window;
+            for (k, id) in self.oldest(b'L', self.large_pruned_through.clone(), before)? {
+                self.batch.delete_cf(cf, &k);
+                self.forgotten_large.insert(id);
+                self.large_pruned_through = Some(k);
+            }
         }
         Ok(())
     }
 
-    /// Deterministic pruning: at most 64 ids per call, the oldest first, from committed state
-    /// after what this batch pruned already.
-    fn forget_requests_before(&mut self, index: u64) -> Result<(), StoreError> {
-        let cf = self.store.cf(CF_DEDUP);
-        let start = match &self.pruned_through {
+    /// Deterministic pruning: at most 64 keys of the dedup table with `prefix` (followed by a
+    /// log index and a request id) whose index is below `before`, the oldest first, from
+    /// committed state after `pruned_through` (what this batch pruned already).
+    fn oldest(
+        &self,
+        prefix: u8,
+        pruned_through: Option<Vec<u8>>,
+        before: u64,
+    ) -> Result<Vec<(Vec<u8>, u128)>, StoreError> {
+        let start = match pruned_through {
             // The smallest key after the last one deleted.
             Some(k) => [k.as_slice(), &[0]].concat(),
-            None => dedup_age_key(0, 0),
+            None => vec![prefix],
         };
         let mut doomed = Vec::new();
         for item in self
             .store
             .db
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+            .iterator_cf(
+                self.store.cf(CF_DEDUP),
+                IteratorMode::From(&start, Direction::Forward),
+            )
             .take(64)
         {
             let (k, _) = item?;
-            if k.first() != Some(&b'I') || k.len() != 25 {
+            if k.first() != Some(&prefix) || k.len() != 25 {
                 break;
             }
             let at = u64::from_be_bytes(k[1..9].try_into().expect("length checked"));
-            if at >= index {
+            if at >= before {
                 break;
             }
             doomed.push((
@@ -179,13 +241,7 @@ impl ApplyBatch {
                 u128::from_be_bytes(k[9..25].try_into().expect("length checked")),
             ));
         }
-        for (k, id) in doomed {
-            self.batch.delete_cf(cf, &k);
-            self.batch.delete_cf(cf, dedup_id_key(id));
-            self.forgotten.insert(id);
-            self.pruned_through = Some(k);
-        }
-        Ok(())
+        Ok(doomed)
     }
 
     /// Put a table value.
@@ -273,6 +329,10 @@ fn dedup_age_key(index: u64, id: u128) -> Vec<u8> {
     [&b"I"[..], &index.to_be_bytes(), &id.to_be_bytes()].concat()
 }
 
+fn dedup_large_key(index: u64, id: u128) -> Vec<u8> {
+    [&b"L"[..], &index.to_be_bytes(), &id.to_be_bytes()].concat()
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -318,6 +378,54 @@ pub(super) mod tests {
             (false, false),
             "id 250 is out of the window"
         );
+    }
+
+    /// An answer over [`ANSWER_INLINE_MAX`] (a bulk import's) is kept under its own key for
+    /// its own, shorter window, pruned the same way whatever the batching; the request id
+    /// stays for the whole dedup window. An answer over [`ANSWER_KEPT_MAX`] is not kept.
+    #[test]
+    fn large_answers_are_kept_for_their_own_window_whatever_the_batching() {
+        let big = |i: u64| vec![i as u8; ANSWER_INLINE_MAX + 1];
+        let indexes: Vec<u64> = (1..=300).collect();
+        let record = |per_batch: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(dir.path()).unwrap();
+            for chunk in indexes.chunks(per_batch) {
+                let mut b = s.begin_apply();
+                b.dedup_window = 200;
+                b.large_answer_window = 50;
+                for &i in chunk {
+                    b.record_request(u128::from(i), i, &big(i)).unwrap();
+                    assert_eq!(b.earlier_answer(u128::from(i)).unwrap(), Some(big(i)));
+                }
+                b.commit().unwrap();
+            }
+            let b = s.begin_apply();
+            let kept: Vec<Option<Vec<u8>>> = [50, 240, 260, 300]
+                .iter()
+                .map(|&i| b.earlier_answer(i).unwrap())
+                .collect();
+            (dedup_contents(&s), kept, dir)
+        };
+        let (one, kept_one, _d1) = record(1);
+        let (ten, kept_ten, _d2) = record(7);
+        assert!(one == ten, "the same dedup table");
+        assert_eq!(kept_one, kept_ten);
+        assert_eq!(
+            kept_one,
+            vec![None, Some(vec![]), Some(big(260)), Some(big(300))],
+            "id 50 is forgotten, 240's answer is pruned, 260's and 300's are kept"
+        );
+        // ids 100..=300 (two keys each) and the answers of 250..=300.
+        assert_eq!(one.len(), 201 * 2 + 51);
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.begin_apply();
+        b.record_request(7, 1, &vec![1; ANSWER_KEPT_MAX + 1])
+            .unwrap();
+        b.commit().unwrap();
+        assert_eq!(s.begin_apply().earlier_answer(7).unwrap(), Some(vec![]));
     }
 
     /// A record of fingerprint `[fpr; 20]` (also used by the snapshot tests).

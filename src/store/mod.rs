@@ -34,7 +34,7 @@ mod snapshot;
 mod tables;
 pub mod version;
 
-pub use apply_batch::ApplyBatch;
+pub use apply_batch::{ApplyBatch, ANSWER_INLINE_MAX};
 pub use db::{FlushPolicy, Store, FLUSH_AT_LEAST_EVERY, FLUSH_WHEN_IDLE};
 pub use query::StoreStats;
 pub use record::{CertRecord, IndexKind, IndexTerm};
