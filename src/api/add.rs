@@ -6,22 +6,26 @@
 //! with a per-key summary: text, or JSON with `options=mr` or `Accept: application/json`.
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures::StreamExt;
 
+use super::body::read_limited;
 use super::error::ApiError;
 use super::query::pairs;
 use super::AppState;
 use crate::raft::{ItemReport, Status};
 
-/// Handle one submission; bounded by the request timeout.
+/// Handle one submission: the body and then the write each bounded by the write timeout.
 pub async fn add(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = state.settings.max_body_bytes;
+    let body = read_limited(
+        body,
+        state.settings.max_body_bytes,
+        state.settings.write_timeout,
+    )
+    .await?;
     let work = async {
-        let body = read_limited(body, limit).await?;
         let keytext = keytext(&req, body)?;
         let (report, index) = state
             .keys
@@ -35,18 +39,6 @@ pub async fn add(
             "write not committed in time; it may still be applied".into(),
         )),
     }
-}
-
-async fn read_limited(mut body: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let mut buf = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge(limit));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> {

@@ -15,6 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::add::respond;
+use super::body::read_limited;
 use super::cluster_admin::{authorize, parse};
 use super::error::ApiError;
 use super::query::pairs;
@@ -41,11 +42,14 @@ fn form_field(body: &[u8], name: &str) -> Result<Vec<u8>, ApiError> {
 pub async fn signed(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    if body.len() > state.settings.max_body_bytes {
-        return Err(ApiError::TooLarge(state.settings.max_body_bytes));
-    }
+    let body = read_limited(
+        body,
+        state.settings.max_body_bytes,
+        state.settings.write_timeout,
+    )
+    .await?;
     let keytext = form_field(&body, "keytext")?;
     let keysig = form_field(&body, "keysig")
         .map_err(|_| ApiError::Forbidden("missing keysig: admin requests must be signed".into()))?;
@@ -113,12 +117,15 @@ pub async fn delete(
 pub async fn replace(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let actor = authorize(&req, &state)?;
-    if body.len() > state.settings.max_body_bytes {
-        return Err(ApiError::TooLarge(state.settings.max_body_bytes));
-    }
+    let body = read_limited(
+        body,
+        state.settings.max_body_bytes,
+        state.settings.write_timeout,
+    )
+    .await?;
     let (report, index) = state
         .keys
         .replace(body.to_vec(), state.settings.limits, if_match(&req), &actor)

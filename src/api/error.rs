@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The `op` is not one keyraft implements.
     #[error("operation {0:?} is not implemented")]
     NotImplemented(String),
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is over the configured limit.
     #[error("request body over the {0}-byte limit")]
     TooLarge(usize),
@@ -57,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

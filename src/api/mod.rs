@@ -9,6 +9,7 @@
 pub mod add;
 pub mod admin;
 pub mod agent;
+pub mod body;
 pub mod cluster;
 pub mod cluster_admin;
 pub mod conflicts;

@@ -107,6 +107,31 @@ fn several_armored_blocks_and_binary_keyrings_split_into_certs() {
     assert_eq!(parse_submission(&bin, &Limits::default()).unwrap().len(), 2);
 }
 
+/// Compressed-data packets are never decompressed: a certificate is never compressed, and a
+/// decompression bomb (8 MB of bzip2 is terabytes) would otherwise burn CPU long after the
+/// request timed out. Sequoia is built without its compression features, so such a packet
+/// keeps an opaque body: here a zlib stream that is not even valid is not looked into, and the
+/// packet is reported as what it is.
+#[test]
+fn compressed_data_is_never_decompressed() {
+    use sequoia_openpgp::types::CompressionAlgorithm;
+    for algo in [
+        CompressionAlgorithm::Zip,
+        CompressionAlgorithm::Zlib,
+        CompressionAlgorithm::BZip2,
+    ] {
+        assert!(!algo.is_supported(), "{algo} would be decompressed");
+    }
+    // New-format tag 8, 6 bytes: algorithm 2 (zlib), then garbage.
+    let body = [0xC8, 6, 2, 0x78, 0x9c, 0xff, 0xff, 0xff];
+    let parsed = parse_submission(&body, &Limits::default());
+    let text = format!("{parsed:?}");
+    assert!(
+        text.contains("not Compressed Data"),
+        "reported as a stray compressed-data packet, not a decompression error: {text}"
+    );
+}
+
 #[test]
 fn truncated_armor_is_reported() {
     let text = gen("A <a@example.org>").armored().to_vec().unwrap();
