@@ -80,6 +80,15 @@ pub struct PreparedRow {
 }
 
 impl Prepared {
+    /// About how many bytes this adds to a command.
+    pub fn size(&self) -> usize {
+        self.row.as_ref().map_or(0, |r| {
+            r.bytes.as_ref().map_or(0, Vec::len)
+                + r.summary.len()
+                + r.terms.iter().map(|t| t.1.len() + 2).sum::<usize>()
+        })
+    }
+
     /// Merge `incoming` (cleaned by [`pgp::clean`]; serialized as `submitted`) into `base`, as
     /// apply would at command time `time`. `None` if the merge fails: apply then merges and
     /// reports why.

@@ -47,6 +47,9 @@ pub struct KeyView {
 
 /// How long a write keeps trying to reach a leader (retries reuse the request id, so a write
 /// is never applied twice).
+/// Most bytes of merge results one submission carries along (bodies are at most 8 MiB by
+/// default; a merge result can be far larger than its submission).
+const PREPARED_MAX_BYTES: usize = 16 << 20;
 const COMMIT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// A primary fingerprint and the stored armored certificate.
@@ -310,6 +313,7 @@ impl Keyserver {
             let mut certs = Vec::with_capacity(clean.len());
             let mut bases = Vec::with_capacity(clean.len());
             let mut prepared = Vec::with_capacity(clean.len());
+            let mut prepared_bytes = 0;
             for c in clean {
                 let stored = store.get_cert(&c.fpr).map_err(RaftError::from)?;
                 bases.push(match &stored {
@@ -319,13 +323,13 @@ impl Keyserver {
                         .map(|t| t.version)
                         .unwrap_or_default(),
                 });
-                prepared.push(Prepared::compute(
-                    c.cert,
-                    &c.bytes,
-                    stored.as_ref(),
-                    &limits,
-                    time,
-                ));
+                // Past PREPARED_MAX_BYTES of merge results the rest go without (apply merges
+                // them itself): the command stays within what a peer accepts in one message.
+                let pre = (prepared_bytes <= PREPARED_MAX_BYTES)
+                    .then(|| Prepared::compute(c.cert, &c.bytes, stored.as_ref(), &limits, time))
+                    .flatten();
+                prepared_bytes += pre.as_ref().map_or(0, Prepared::size);
+                prepared.push(pre);
                 certs.push(c.bytes);
             }
             Ok((certs, bases, prepared, report, limits))

@@ -9,7 +9,7 @@ use sequoia_openpgp::serialize::MarshalInto;
 
 use super::command::ApplyOutcome;
 use super::RaftError;
-use crate::pgp::{self, Limits, Parsed, PgpError};
+use crate::pgp::{self, Limits, MergeOutcome, Parsed, PgpError};
 
 /// The result of one submitted item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -143,7 +143,9 @@ pub(super) fn prepare(
     limits: &Limits,
     now: SystemTime,
 ) -> Result<(Cleaned, Vec<ItemReport>), PgpError> {
-    let mut clean = Vec::new();
+    let mut clean: Vec<CleanCert> = Vec::new();
+    // Where each fingerprint is in `clean`.
+    let mut at: std::collections::BTreeMap<Vec<u8>, usize> = std::collections::BTreeMap::new();
     let mut report = Vec::new();
     for item in pgp::parse_submission(body, limits)? {
         let cert = match item {
@@ -163,7 +165,26 @@ pub(super) fn prepare(
             let bytes = c.to_vec().map_err(|e| PgpError::Invalid(e.to_string()))?;
             Ok((c, bytes))
         }) {
-            Ok((cert, bytes)) => clean.push(CleanCert { fpr, cert, bytes }),
+            Ok((cert, bytes)) => match at.get(&fpr).map(|&i| &mut clean[i]) {
+                // The same certificate twice in one submission: one item, their union. Merged
+                // one by one, each copy would merge into the record as it was before the
+                // submission, and apply would see every copy after the first race the first.
+                Some(earlier) => match pgp::merge(Some(&earlier.bytes), cert, limits) {
+                    Ok(MergeOutcome::Updated(c, b) | MergeOutcome::New(c, b)) => {
+                        (earlier.cert, earlier.bytes) = (*c, b);
+                    }
+                    Ok(MergeOutcome::Unchanged) => {}
+                    Err(e) => report.push(ItemReport {
+                        fingerprint,
+                        status: Status::Rejected,
+                        reason: Some(e.to_string()),
+                    }),
+                },
+                None => {
+                    at.insert(fpr.clone(), clean.len());
+                    clean.push(CleanCert { fpr, cert, bytes });
+                }
+            },
             Err(e) => report.push(ItemReport {
                 fingerprint,
                 status: Status::Rejected,

@@ -517,6 +517,75 @@ async fn reads_can_wait_for_a_write_index_or_be_linearizable() {
     n.close().await;
 }
 
+/// `cert` with one more user ID, bound by its own primary key.
+fn with_uid(cert: &openpgp::Cert, uid: &str) -> openpgp::Cert {
+    use openpgp::packet::{signature::SignatureBuilder, UserID};
+    let mut signer = cert
+        .primary_key()
+        .key()
+        .clone()
+        .parts_into_secret()
+        .unwrap()
+        .into_keypair()
+        .unwrap();
+    let uid = UserID::from(uid);
+    let sig = uid
+        .bind(
+            &mut signer,
+            cert,
+            SignatureBuilder::new(openpgp::types::SignatureType::PositiveCertification),
+        )
+        .unwrap();
+    cert.clone()
+        .insert_packets(vec![openpgp::Packet::from(uid), sig.into()])
+        .unwrap()
+        .0
+}
+
+/// One submission holding the same certificate three times (each copy with a different new
+/// user ID) is one item: the union of the copies, merged once into the stored record. Merged
+/// copy by copy, each would have merged into the record as it was before the submission, and
+/// apply would have seen the second and third copies race the first (conflicts).
+#[actix_web::test]
+async fn copies_of_one_certificate_in_one_submission_are_one_update() {
+    let n = in_process(1 << 20).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    let cert = gen("Alice <alice@example.org>");
+    let public = |c: &openpgp::Cert| c.armored().to_vec().unwrap();
+    let (s, _, _) = call!(app, form_post(gpg_form(&public(&cert))));
+    assert_eq!(s, 200);
+    let body = [
+        public(&with_uid(&cert, "Alice Two <alice2@example.org>")),
+        public(&with_uid(&cert, "Alice Three <alice3@example.org>")),
+        public(&cert),
+    ]
+    .concat();
+    let (s, _, report) = call!(app, form_post(gpg_form(&body)).uri("/pks/add?options=mr"));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(s, 200, "{report}");
+    let items = report["keys"]
+        .as_array()
+        .or(report.as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(items.len(), 1, "one item for one fingerprint: {report}");
+    assert_eq!(items[0]["status"], "updated", "{report}");
+    assert!(items[0].get("reason").is_none(), "no conflict: {report}");
+    let fpr = cert.fingerprint().to_hex();
+    let (_, _, stored) = call!(
+        app,
+        at::TestRequest::get().uri(&format!("/pks/lookup?op=get&search=0x{fpr}"))
+    );
+    let stored = openpgp::Cert::from_bytes(&stored).unwrap();
+    let uids: Vec<String> = stored
+        .userids()
+        .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
+        .collect();
+    assert_eq!(uids.len(), 3, "{uids:?}");
+    drop(app);
+    n.close().await;
+}
+
 /// Several matches for one `op=get` come back as one armor block holding all of them.
 #[actix_web::test]
 async fn get_with_several_matches_returns_every_certificate_in_one_block() {
