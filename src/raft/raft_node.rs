@@ -27,7 +27,7 @@ use crate::raft::settings::RaftSettings;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::status::NodeStatus;
 use crate::raft::transport::{NoPeers, PeerTransport, RaftRpc};
-use crate::raft::types::{KeyraftNode, NodeId, Snapshot, SnapshotData, TypeConfig};
+use crate::raft::types::{KeyraftNode, LogId, NodeId, Snapshot, SnapshotData, TypeConfig};
 use crate::raft::wire::{Reply, SnapshotHeader};
 use crate::store::Store;
 
@@ -307,6 +307,9 @@ impl RaftNode {
         self.inner
             .sync
             .receive_index(meta.last_log_id.as_ref().map(|l| l.index));
+        // openraft treats an install error as fatal: a truncated or unreadable snapshot is
+        // refused here instead, and the leader sends it again.
+        let data = check_snapshot(data, meta.last_log_id).await?;
         let snapshot = Snapshot {
             meta,
             snapshot: data,
@@ -329,6 +332,35 @@ impl RaftNode {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// Read a received snapshot through, checking every frame and that it holds the state as of
+/// `last_log_id`, its metadata's; returns the file rewound.
+async fn check_snapshot(
+    data: SnapshotData,
+    last_log_id: Option<LogId>,
+) -> Result<SnapshotData, RaftError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = data.into_std().await;
+    let checked = tokio::task::spawn_blocking(move || {
+        let map = Store::snapshot_check(&mut std::io::BufReader::new(&mut file))
+            .map_err(|e| format!("refusing the snapshot: {e}"))?;
+        let applied = meta::sm_from_map::<LastAppliedKey>(&map)
+            .map_err(|e| format!("refusing the snapshot: {e}"))?;
+        if applied != last_log_id {
+            return Err(format!(
+                "refusing the snapshot: it holds the state at {applied:?}, its metadata says \
+                 {last_log_id:?}"
+            ));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| format!("rewinding the snapshot: {e}"))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| RaftError::Fatal(e.to_string()))?;
+    let file = checked.map_err(RaftError::Storage)?;
+    Ok(tokio::fs::File::from_std(file))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RaftError> {

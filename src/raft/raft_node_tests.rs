@@ -211,3 +211,65 @@ async fn a_learner_that_never_answers_is_not_taken_for_caught_up() {
     assert_eq!(node.status().voters, vec![1]);
     node.shutdown().await;
 }
+
+/// A snapshot cut short in transit is refused before it reaches openraft (which would take an
+/// install error as fatal and stop this node's Raft for good): the sender gets an error and
+/// tries again, and the whole snapshot then installs on the same, still running, node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_snapshot_is_refused_and_the_receiver_keeps_running() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RaftSettings {
+        snapshot_logs_since_last: 5,
+        ..RaftSettings::default()
+    };
+    let a = start(&dir.path().join("a"), settings.clone()).await;
+    a.initialize_if_fresh().await.unwrap();
+    wait_leader(&a).await;
+    for i in 0..12u128 {
+        a.write(delete(300 + i, "AA")).await.unwrap();
+    }
+    a.inner
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some(), "a snapshot")
+        .await
+        .unwrap();
+    let mut snap = a.inner.raft.get_snapshot().await.unwrap().unwrap();
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    let vote = a.inner.raft.metrics().borrow_watched().vote;
+    let header = codec::encode(&SnapshotHeader {
+        vote,
+        meta: snap.meta.clone(),
+    })
+    .unwrap();
+    a.shutdown().await;
+
+    let b = start(&dir.path().join("b"), settings).await;
+    let file = |data: &[u8]| {
+        let path = dir.path().join(format!("spool-{}", data.len()));
+        std::fs::write(&path, data).unwrap();
+        tokio::fs::File::from_std(std::fs::File::open(path).unwrap())
+    };
+    let cut = file(&bytes[..bytes.len() - 7]);
+    let err = finishes("a truncated snapshot", b.handle_snapshot(&header, cut))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing the snapshot"), "{err}");
+    let whole = file(&bytes);
+    finishes("the whole snapshot", b.handle_snapshot(&header, whole))
+        .await
+        .unwrap();
+    let want = snap.meta.last_log_id.map(|l| l.index);
+    b.inner
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.last_applied.as_ref().map(|l| l.index) == want,
+            "the snapshot applied",
+        )
+        .await
+        .unwrap();
+    b.shutdown().await;
+}

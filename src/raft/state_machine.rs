@@ -7,9 +7,9 @@
 //! machine exactly at some committed entry, never between data and its `last_applied`.
 //!
 //! Snapshots live under `<data_dir>/snapshots/` (see [`SnapshotFiles`]); building is done by
-//! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory, then
-//! replaces the store's state with `Store::snapshot_install` (streamed; a crash midway is
-//! discarded at the next open), then makes it current.
+//! [`StateMachineSnapshotBuilder`]. Installing copies the received data into that directory,
+//! makes it current, then replaces the store's state with `Store::snapshot_install`
+//! (streamed; a crash midway is discarded at the next open and this snapshot restored).
 //!
 //! Each batch and each entry in it is timed into [`NodeMetrics`] (`apply_batch`,
 //! `apply_entry`). The timings are node-local and never part of what apply writes.
@@ -182,7 +182,13 @@ fn audit_membership(
     );
 }
 
-/// Copy `data` into the snapshot directory, install it into the store, make it current.
+/// Copy `data` into the snapshot directory, make it current, then install it into the store.
+///
+/// Current first: a crash during the install leaves a half-installed state that the next
+/// open discards, and openraft then restores this very snapshot. Made current after the
+/// install instead, a crash between the two would restart with the new state and the older
+/// snapshot, whose following log entries openraft purges at start-up. The transport checked
+/// the data already (`RaftNode::handle_snapshot`).
 fn install(
     store: &Store,
     files: &SnapshotFiles,
@@ -191,13 +197,21 @@ fn install(
 ) -> io::Result<()> {
     data.seek(SeekFrom::Start(0))?;
     let tmp = files.temp_path("install");
-    {
+    let copied = (|| {
         let mut out = File::create(&tmp)?;
         io::copy(&mut data, &mut out)?;
         out.sync_all()?;
-    }
+        files.publish(&tmp, meta, false)
+    })();
+    let published = match copied {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     store
-        .snapshot_install(&mut BufReader::new(File::open(&tmp)?))
+        .snapshot_install(&mut BufReader::new(published))
         .map_err(io::Error::other)?;
     let applied = meta::sm_get::<LastAppliedKey>(store)?;
     if applied != meta.last_log_id {
@@ -209,7 +223,6 @@ fn install(
             ),
         ));
     }
-    files.publish(&tmp, meta, false)?;
     Ok(())
 }
 

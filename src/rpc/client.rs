@@ -224,6 +224,7 @@ impl PeerTransport for GrpcTransport {
         let ch = self
             .channel(&node.raft_addr, &node.name)
             .map_err(|e| TransportError::Unreachable(target, e))?;
+        let size = data.metadata().await.map(|m| m.len()).unwrap_or(0);
         // Read the snapshot in chunks into a bounded channel feeding the request stream.
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let reader = tokio::spawn(async move {
@@ -248,7 +249,10 @@ impl PeerTransport for GrpcTransport {
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-        let req = request(stream, timeout.max(Duration::from_secs(600)));
+        // The whole call covers the transfer and the receiver's check and install: ten minutes
+        // plus one second per MiB, so a large snapshot over a slow link still arrives.
+        let deadline = Duration::from_secs(600 + (size >> 20));
+        let req = request(stream, timeout.max(deadline));
         let reply = RaftServiceClient::new(ch)
             .snapshot(req)
             .await

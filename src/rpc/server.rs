@@ -153,6 +153,11 @@ impl RaftService for RaftSvc {
         let path = self.raft.snapshot_spool_path();
         let tracker = self.raft.sync_tracker();
         tracker.receive_started();
+        let mut spool = Spool {
+            path: path.clone(),
+            tracker,
+            finished: false,
+        };
         let result = async {
             let mut header = None;
             let mut file = tokio::fs::File::create(&path)
@@ -180,9 +185,29 @@ impl RaftService for RaftSvc {
                 .map_err(|e| e.to_string())
         }
         .await;
-        let _ = tokio::fs::remove_file(&path).await;
+        spool.finished = true;
         tracker.receive_finished(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        drop(spool);
         Ok(reply(result))
+    }
+}
+
+/// An incoming snapshot's spool file and its progress record, cleaned up however the call
+/// ends: tonic drops the handler at the caller's deadline or when the caller goes away, and
+/// the spool (a whole snapshot) must not stay on disk, nor the transfer show as running.
+struct Spool<'a> {
+    path: std::path::PathBuf,
+    tracker: &'a crate::raft::sync::SyncTracker,
+    finished: bool,
+}
+
+impl Drop for Spool<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if !self.finished {
+            self.tracker
+                .receive_finished(Err("the transfer was cut off".into()));
+        }
     }
 }
 

@@ -211,6 +211,20 @@ impl Store {
         Ok(())
     }
 
+    /// Read a whole snapshot stream and check every frame, writing nothing; returns its
+    /// `sm_meta` entries. What [`Store::snapshot_install`] checks first, for a receiver that
+    /// wants to refuse a bad snapshot before it reaches its state machine.
+    pub fn snapshot_check<R: Read>(input: &mut R) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut meta = BTreeMap::new();
+        read_frames(input, &mut |frame| {
+            if let Frame::Meta(k, v) = frame {
+                meta.insert(String::from_utf8_lossy(&k).into_owned(), v);
+            }
+            Ok(())
+        })?;
+        Ok(meta)
+    }
+
     /// Whether a snapshot install was interrupted (the [`INSTALLING`] marker is set).
     pub(crate) fn install_interrupted(&self) -> Result<bool, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_SM_META), INSTALLING)?.is_some())
