@@ -141,11 +141,32 @@ impl Checkpoints {
 
 impl RaftNode {
     /// Compute the digest of the local replica (a full scan, off the async threads).
+    ///
+    /// One at a time per process: it reads the whole store, and `/cluster/digest` is open to
+    /// anyone, so a second caller meanwhile gets a retryable refusal (503) instead of a scan.
     pub async fn state_digest(&self) -> Result<StateDigest, RaftError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static RUNNING: AtomicBool = AtomicBool::new(false);
+        if RUNNING.swap(true, Ordering::SeqCst) {
+            return Err(RaftError::Timeout(
+                "a full digest of this node is being computed already; retry in a moment".into(),
+            ));
+        }
+        // Cleared when the scan ends, even if the caller stopped waiting for it.
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                RUNNING.store(false, Ordering::SeqCst);
+            }
+        }
+        let done = Done;
         let store = self.local_store().clone();
-        tokio::task::spawn_blocking(move || digest_store(&store))
-            .await
-            .map_err(|e| RaftError::Fatal(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _done = done;
+            digest_store(&store)
+        })
+        .await
+        .map_err(|e| RaftError::Fatal(e.to_string()))?
     }
 
     /// The digest this replica took at the checkpoint entry `index`, once applied (waiting up
