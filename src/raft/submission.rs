@@ -44,7 +44,7 @@ pub enum SubmitError {
     #[error("{0}")]
     Refused(PgpError),
     /// Every certificate was rejected; the reasons, one per item.
-    #[error("no valid certificate: {}", .0.iter().map(|i| i.reason.clone().unwrap_or_default()).collect::<Vec<_>>().join("; "))]
+    #[error("no valid certificate: {}", first_reasons(.0))]
     NothingValid(Vec<ItemReport>),
     /// A signed admin request's signature was used before (a replay).
     #[error("{}", super::replay::ALREADY_USED)]
@@ -55,6 +55,22 @@ pub enum SubmitError {
     /// The write could not be committed.
     #[error(transparent)]
     Raft(#[from] RaftError),
+}
+
+/// The first few items' reasons, and how many more there are: a body of 8 MiB can hold
+/// hundreds of thousands of bad items, and the answer is one line.
+fn first_reasons(items: &[ItemReport]) -> String {
+    const SHOWN: usize = 5;
+    let mut line = items
+        .iter()
+        .take(SHOWN)
+        .map(|i| i.reason.clone().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > SHOWN {
+        line.push_str(&format!("; and {} more", items.len() - SHOWN));
+    }
+    line
 }
 
 pub(super) fn item_report(o: ApplyOutcome) -> ItemReport {

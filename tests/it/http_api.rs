@@ -325,6 +325,21 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             404,
         ),
     ];
+    // Hundreds of bad items (bare primary keys, no self-signature): the one-line reason names
+    // a few and counts the rest.
+    let bare = openpgp::Packet::from(cert.primary_key().key().clone())
+        .to_vec()
+        .unwrap()
+        .repeat(800);
+    let (s, _, body) = call!(app, form_post(gpg_form(&bare)));
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(s, 422, "{}", &text[..text.len().min(300)]);
+    assert!(
+        text.len() < 2000 && text.contains("and 795 more"),
+        "a short reason: {} bytes, {}",
+        text.len(),
+        &text[..text.len().min(300)]
+    );
     for (name, req, want) in cases {
         let (s, ct, body) = call!(app, req);
         let text = String::from_utf8_lossy(&body);
