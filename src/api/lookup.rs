@@ -13,13 +13,14 @@ use super::error::ApiError;
 use super::format;
 use super::query::{parse_lookup, LookupOp, LookupQuery};
 use super::AppState;
-use crate::raft::Consistency;
+use crate::raft::{Consistency, Search};
 
 /// The header naming the consistency a lookup was served with.
 const CONSISTENCY_HEADER: &str = "x-keyraft-consistency";
 
 /// Handle one lookup. Reads are local RocksDB point lookups and short prefix scans bounded
-/// by the result limit, so they run inline: no thread hop on the hot path.
+/// by the result limit; the cheap ones run inline (no thread hop on the hot path), word
+/// searches and `vindex` on the blocking pool.
 pub async fn lookup(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -35,7 +36,7 @@ pub async fn lookup(
 }
 
 /// Wait for what the query asks (`min_index`, linearizability), then answer it.
-async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
+async fn read(state: &web::Data<AppState>, q: LookupQuery) -> Result<HttpResponse, ApiError> {
     if state.keys.is_joining() {
         // An empty or partial replica would answer "not found" for keys the cluster has.
         return Err(crate::raft::RaftError::Joining.into());
@@ -60,7 +61,19 @@ async fn read(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError
     if consistency == Consistency::Linearizable {
         state.keys.ensure_linearizable().await?;
     }
-    let mut resp = answer(state, q)?;
+    // Word searches read many index entries and `vindex` parses up to `result_limit`
+    // certificates: off the HTTP workers, so a few of them cannot stall every other request
+    // (`/ready` included). Fingerprint, key id and e-mail lookups are point reads: inline.
+    let heavy = q.op == LookupOp::Vindex || matches!(q.search, Some(Search::Words(_)));
+    let mut resp = if heavy {
+        let state = state.clone();
+        web::block(move || answer(&state, q))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        answer(state, q)?
+    }
+    .into_response();
     resp.headers_mut().insert(
         HeaderName::from_static(CONSISTENCY_HEADER),
         HeaderValue::from_static(consistency.as_str()),
@@ -78,7 +91,33 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
+/// A lookup's answer: plain data, so it can be built on another thread (an `HttpResponse`
+/// cannot move between threads).
+struct Answer {
+    content_type: &'static str,
+    body: Vec<u8>,
+    etag: Option<String>,
+}
+
+impl Answer {
+    fn new(content_type: &'static str, body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            content_type,
+            body: body.into(),
+            etag: None,
+        }
+    }
+
+    fn into_response(self) -> HttpResponse {
+        let mut r = HttpResponse::Ok();
+        if let Some(tag) = self.etag {
+            r.insert_header(("ETag", tag));
+        }
+        r.content_type(self.content_type).body(self.body)
+    }
+}
+
+fn answer(state: &AppState, q: LookupQuery) -> Result<Answer, ApiError> {
     if q.op == LookupOp::Stats {
         return stats(state, q.mr);
     }
@@ -98,11 +137,10 @@ fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
                 crate::raft::armor_public_keys(keys.iter().map(|k| k.cert.as_slice()))
             }
         };
-        let mut r = HttpResponse::Ok();
-        if let Some(tag) = etag {
-            r.insert_header(("ETag", tag));
-        }
-        return Ok(r.content_type("application/pgp-keys").body(body));
+        return Ok(Answer {
+            etag,
+            ..Answer::new("application/pgp-keys", body)
+        });
     }
     let keys = state.keys.find(&search, limit)?;
     if keys.is_empty() {
@@ -112,29 +150,26 @@ fn answer(state: &AppState, q: LookupQuery) -> Result<HttpResponse, ApiError> {
         LookupOp::Index | LookupOp::Vindex => {
             let summaries: Vec<_> = keys.iter().map(|k| &k.summary).collect();
             if q.mr {
-                return Ok(HttpResponse::Ok()
-                    .content_type("text/plain; charset=utf-8")
-                    .body(format::mr_index(&summaries, now())));
+                return Ok(Answer::new(
+                    "text/plain; charset=utf-8",
+                    format::mr_index(&summaries, now()),
+                ));
             }
             let sigs: Vec<_> = if q.op == LookupOp::Vindex {
                 keys.iter().map(crate::raft::vindex_sigs).collect()
             } else {
                 Vec::new()
             };
-            Ok(HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .body(format::html_index(
-                    "Search results",
-                    &summaries,
-                    &sigs,
-                    now(),
-                )))
+            Ok(Answer::new(
+                "text/html; charset=utf-8",
+                format::html_index("Search results", &summaries, &sigs, now()),
+            ))
         }
         LookupOp::Stats | LookupOp::Get => unreachable!("handled above"),
     }
 }
 
-fn stats(state: &AppState, mr: bool) -> Result<HttpResponse, ApiError> {
+fn stats(state: &AppState, mr: bool) -> Result<Answer, ApiError> {
     let s = state.keys.stats()?;
     let node = state.keys.raft().status();
     if mr {
@@ -145,7 +180,7 @@ fn stats(state: &AppState, mr: bool) -> Result<HttpResponse, ApiError> {
             "live_data_bytes": s.live_data_bytes,
             "node": node,
         });
-        return Ok(HttpResponse::Ok().json(body));
+        return Ok(Answer::new("application/json", body.to_string()));
     }
     let body = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>keyraft statistics</title></head><body>\n\
@@ -158,7 +193,5 @@ fn stats(state: &AppState, mr: bool) -> Result<HttpResponse, ApiError> {
         node.id,
         node.applied_index.unwrap_or(0)
     );
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(body))
+    Ok(Answer::new("text/html; charset=utf-8", body))
 }

@@ -47,6 +47,8 @@ pub struct KeyView {
 
 /// How long a write keeps trying to reach a leader (retries reuse the request id, so a write
 /// is never applied twice).
+/// Most index entries read per word of a word search.
+const WORD_MATCHES_MAX: usize = 10_000;
 /// Most bytes of merge results one submission carries along (bodies are at most 8 MiB by
 /// default; a merge result can be far larger than its submission).
 const PREPARED_MAX_BYTES: usize = 16 << 20;
@@ -491,24 +493,35 @@ impl Keyserver {
         Ok((out, None))
     }
 
-    /// Fingerprints of certificates whose user ids contain every word.
+    /// Fingerprints of certificates whose user ids contain every word, read from the index
+    /// without loading any certificate: the candidates are the index entries of the word with
+    /// the fewest (at most [`WORD_MATCHES_MAX`] read per word), each checked against the other
+    /// words by a point read.
     fn find_words(&self, words: &[String], limit: usize) -> Result<Vec<Vec<u8>>, RaftError> {
-        let Some(first) = words.first() else {
+        let mut rarest: Option<(usize, Vec<Vec<u8>>)> = None;
+        for (i, w) in words.iter().enumerate() {
+            let found = self
+                .store
+                .find(IndexKind::Word, w.as_bytes(), WORD_MATCHES_MAX)?;
+            if rarest.as_ref().is_none_or(|(_, r)| found.len() < r.len()) {
+                rarest = Some((i, found));
+            }
+        }
+        let Some((skip, candidates)) = rarest else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for f in self.store.find(IndexKind::Word, first.as_bytes(), 10_000)? {
+        for f in candidates {
             if out.len() >= limit {
                 break;
             }
-            let Some(r) = self.store.get_cert(&f)? else {
-                continue;
-            };
-            let all = words[1..].iter().all(|w| {
-                r.terms
-                    .iter()
-                    .any(|(k, t)| *k == IndexKind::Word && t == w.as_bytes())
-            });
+            let mut all = true;
+            for (i, w) in words.iter().enumerate() {
+                if i != skip && !self.store.is_indexed(IndexKind::Word, w.as_bytes(), &f)? {
+                    all = false;
+                    break;
+                }
+            }
             if all {
                 out.push(f);
             }

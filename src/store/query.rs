@@ -69,6 +69,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the certificate with primary fingerprint `fpr` is indexed under `term`.
+    pub fn is_indexed(&self, kind: IndexKind, term: &[u8], fpr: &[u8]) -> Result<bool, StoreError> {
+        let key = [kind.prefix(term), fpr.to_vec()].concat();
+        Ok(self.db.get_pinned_cf(self.cf(kind.cf()), key)?.is_some())
+    }
+
     /// Store-wide figures.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let live = self

@@ -601,6 +601,49 @@ async fn copies_of_one_certificate_in_one_submission_are_one_update() {
     n.close().await;
 }
 
+/// A search of several words finds the certificates whose user IDs hold every word, whichever
+/// word is the common one and whatever the order of the words.
+#[actix_web::test]
+async fn word_searches_match_every_word_in_any_order() {
+    let n = in_process(1 << 20).await;
+    let app = at::init_service(api::app(n.state.clone())).await;
+    for uid in [
+        "Alice Common <alice@example.org>",
+        "Bob Common <bob@example.org>",
+        "Carol Common <carol@example.org>",
+        "Dave Rare <dave@example.org>",
+    ] {
+        let (s, _, _) = call!(
+            app,
+            form_post(gpg_form(&gen(uid).armored().to_vec().unwrap()))
+        );
+        assert_eq!(s, 200);
+    }
+    for (search, want) in [
+        ("common", 3),
+        ("common%20alice", 1),
+        ("alice%20common", 1),
+        ("rare%20common", 0),
+        ("common%20example", 3),
+        ("dave%20rare%20example", 1),
+        ("nobody%20common", 0),
+    ] {
+        let (s, _, body) = call!(
+            app,
+            at::TestRequest::get().uri(&format!("/pks/lookup?op=index&options=mr&search={search}"))
+        );
+        let text = String::from_utf8_lossy(&body);
+        let found = text.lines().filter(|l| l.starts_with("pub:")).count();
+        if want == 0 {
+            assert_eq!(s, 404, "{search}: {text}");
+        } else {
+            assert_eq!((s, found), (200, want), "{search}: {text}");
+        }
+    }
+    drop(app);
+    n.close().await;
+}
+
 /// Several matches for one `op=get` come back as one armor block holding all of them.
 #[actix_web::test]
 async fn get_with_several_matches_returns_every_certificate_in_one_block() {
