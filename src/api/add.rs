@@ -52,10 +52,17 @@ fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> 
     }
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("form body is not valid UTF-8".into()))?;
-    pairs(text)
-        .find(|(k, _)| k == "keytext")
-        .map(|(_, v)| v)
-        .ok_or_else(|| ApiError::BadRequest("missing keytext field".into()))
+    // gpg escapes every byte and sq sends the armor's `+` raw, so a `+` is kept as it is;
+    // but a standard form encoder (HTML forms, Python's urlencode) writes spaces as `+` and a
+    // real `+` as `%2B`, which shows in the armor header.
+    let standard = text.contains("-----BEGIN+PGP+");
+    let text = if standard {
+        std::borrow::Cow::Owned(text.replace('+', " "))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    };
+    let found = pairs(&text).find(|(k, _)| k == "keytext").map(|(_, v)| v);
+    found.ok_or_else(|| ApiError::BadRequest("missing keytext field".into()))
 }
 
 fn wants_json(req: &HttpRequest) -> bool {

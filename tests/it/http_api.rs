@@ -258,6 +258,20 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let get = format!("/pks/lookup?op=get&search=0x{fpr}");
     let (_, _, before) = call!(app, at::TestRequest::get().uri(&get));
 
+    // A standard form encoding (spaces as `+`, a real `+` as `%2B`), as an HTML form or
+    // Python's urlencode sends it, is understood too.
+    let standard: String = String::from_utf8(cert.armored().to_vec().unwrap())
+        .unwrap()
+        .chars()
+        .map(|c| match c {
+            ' ' => "+".to_string(),
+            c if c.is_ascii_alphanumeric() || "-_.".contains(c) => c.to_string(),
+            c => format!("%{:02X}", c as u32),
+        })
+        .collect();
+    let (s, _, body) = call!(app, form_post(format!("keytext={standard}")));
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+
     let secret = cert.as_tsk().armored().to_vec().unwrap();
     let armored = cert.armored().to_vec().unwrap();
     let truncated = armored[..armored.len() / 2].to_vec();
