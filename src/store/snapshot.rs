@@ -56,6 +56,10 @@ impl Store {
     ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let snap = self.db.snapshot();
         taken();
+        if snap.get_cf(self.cf(CF_SM_META), INSTALLING)?.is_some() {
+            // A view taken while an install replaces the state holds part of each.
+            return Err(corrupt("a snapshot install is under way; build one after it"));
+        }
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
         let mut frames = 0u64;
