@@ -58,7 +58,9 @@ impl Store {
         taken();
         if snap.get_cf(self.cf(CF_SM_META), INSTALLING)?.is_some() {
             // A view taken while an install replaces the state holds part of each.
-            return Err(corrupt("a snapshot install is under way; build one after it"));
+            return Err(corrupt(
+                "a snapshot install is under way; build one after it",
+            ));
         }
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
