@@ -399,6 +399,16 @@ mod tests {
         );
     }
 
+    /// Run the test `name` of this binary alone in a child process, with `env` set to `dir`
+    /// (the crash tests: the child ends by `abort`, the parent inspects what it left).
+    fn run_child(name: &str, env: &str, dir: &std::path::Path) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(env, dir)
+            .output()
+            .unwrap()
+    }
+
     fn cert(fpr: u8) -> CertRecord {
         crate::store::apply_batch::tests::rec(fpr, vec![])
     }
@@ -433,15 +443,11 @@ mod tests {
         let mut snapshot = Vec::new();
         a.snapshot_write(&mut snapshot).unwrap();
         std::fs::write(dir.path().join("snapshot"), &snapshot).unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "store::snapshot::tests::an_install_after_unflushed_deletes_survives_a_crash",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(CHILD, dir.path())
-            .output()
-            .unwrap();
+        let child = run_child(
+            "store::snapshot::tests::an_install_after_unflushed_deletes_survives_a_crash",
+            CHILD,
+            dir.path(),
+        );
         assert!(
             !child.status.success()
                 && String::from_utf8_lossy(&child.stdout).contains("running 1 test"),
@@ -513,15 +519,7 @@ mod tests {
         let mut snapshot = Vec::new();
         a.snapshot_write(&mut snapshot).unwrap();
         std::fs::write(dir.path().join("snapshot"), &snapshot).unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "store::snapshot::tests::an_install_interrupted_by_a_crash_is_discarded_at_the_next_open",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(CHILD, dir.path())
-            .output()
-            .unwrap();
+        let child = run_child("store::snapshot::tests::an_install_interrupted_by_a_crash_is_discarded_at_the_next_open", CHILD, dir.path());
         assert_eq!(
             child.status.signal(),
             Some(6),
