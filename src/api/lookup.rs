@@ -41,9 +41,6 @@ async fn read(state: &web::Data<AppState>, q: LookupQuery) -> Result<HttpRespons
         // An empty or partial replica would answer "not found" for keys the cluster has.
         return Err(crate::raft::RaftError::Joining.into());
     }
-    if state.keys.is_installing() {
-        return Err(crate::raft::RaftError::Installing.into());
-    }
     let raft = state.keys.raft();
     let consistency = match (q.consistency, &q.op) {
         (Some(c), _) => c,
@@ -65,13 +62,15 @@ async fn read(state: &web::Data<AppState>, q: LookupQuery) -> Result<HttpRespons
     // certificates: off the HTTP workers, so a few of them cannot stall every other request
     // (`/ready` included). Fingerprint, key id and e-mail lookups are point reads: inline.
     let heavy = q.op == LookupOp::Vindex || matches!(q.search, Some(Search::Words(_)));
+    // A snapshot install replaces the replica in several batches: an answer read while one
+    // ran is refused (503), not served half old, half new.
     let mut resp = if heavy {
         let state = state.clone();
-        web::block(move || answer(&state, q))
+        web::block(move || state.keys.read_consistently(|| answer(&state, q)))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
     } else {
-        answer(state, q)?
+        state.keys.read_consistently(|| answer(state, q))?
     }
     .into_response();
     resp.headers_mut().insert(

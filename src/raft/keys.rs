@@ -145,6 +145,24 @@ impl Keyserver {
         self.store.is_installing()
     }
 
+    /// Run `read` against the local replica, and refuse its answer, found or not (as
+    /// [`RaftError::Installing`]), if a snapshot install was running when it began or ran
+    /// while it read: the replica was then partly the old state and partly the new one.
+    pub fn read_consistently<T, E: From<RaftError>>(
+        &self,
+        read: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let before = self.store.install_epoch();
+        if before % 2 == 1 {
+            return Err(RaftError::Installing.into());
+        }
+        let r = read();
+        if self.store.install_epoch() != before {
+            return Err(RaftError::Installing.into());
+        }
+        r
+    }
+
     /// Mark this node as joining (set by the node before its join, cleared once admitted).
     pub fn set_joining(&self, joining: bool) {
         self.joining.store(joining, Ordering::SeqCst);
@@ -336,9 +354,11 @@ impl Keyserver {
             }
             Ok((certs, bases, prepared, report, limits))
         };
-        let (certs, bases, prepared, mut report, limits) = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))??;
+        let keys = self.clone();
+        let (certs, bases, prepared, mut report, limits) =
+            tokio::task::spawn_blocking(move || keys.read_consistently(work))
+                .await
+                .map_err(|e| SubmitError::Raft(RaftError::Fatal(e.to_string())))??;
         if certs.is_empty() {
             return Err(SubmitError::NothingValid(report));
         }

@@ -273,3 +273,51 @@ async fn a_truncated_snapshot_is_refused_and_the_receiver_keeps_running() {
         .unwrap();
     b.shutdown().await;
 }
+
+/// A read is refused (found or not) when a snapshot install began before it or ran while
+/// it read: the replica was partly old, partly new.
+#[tokio::test]
+async fn a_read_that_an_install_overlaps_is_refused_whatever_it_found() {
+    use crate::raft::{Keyserver, RaftError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let raft = RaftNode::start(store.clone(), 1, me(), Default::default())
+        .await
+        .unwrap();
+    let keys = Keyserver::new(raft.clone(), store.clone(), 1);
+    let found: Result<u32, RaftError> = keys.read_consistently(|| Ok(7));
+    assert_eq!(found.unwrap(), 7, "no install: the answer stands");
+    let not_found: Result<u32, RaftError> =
+        keys.read_consistently(|| Err(RaftError::Refused("no such key".into())));
+    assert_eq!(
+        not_found.unwrap_err(),
+        RaftError::Refused("no such key".into())
+    );
+
+    let mut b = store.begin_apply();
+    b.set_sm_meta("last_applied", vec![1]);
+    b.commit().unwrap();
+    let mut snapshot = Vec::new();
+    store.snapshot_write(&mut snapshot).unwrap();
+    let install = || {
+        store
+            .snapshot_install(&mut std::io::Cursor::new(&snapshot))
+            .unwrap()
+    };
+    let overlapped: Result<u32, RaftError> = keys.read_consistently(|| {
+        install();
+        Err(RaftError::Refused("no such key".into()))
+    });
+    assert_eq!(
+        overlapped.unwrap_err(),
+        RaftError::Installing,
+        "a 404 is not served"
+    );
+    let overlapped: Result<u32, RaftError> = keys.read_consistently(|| {
+        install();
+        Ok(7)
+    });
+    assert_eq!(overlapped.unwrap_err(), RaftError::Installing, "nor a 200");
+    assert_eq!(keys.read_consistently(|| Ok::<_, RaftError>(7)).unwrap(), 7);
+    raft.shutdown().await;
+}

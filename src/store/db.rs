@@ -16,7 +16,7 @@
 //! their armor (two to three times the entry) to copy, checksum and carry through the next
 //! log fsync. Measured in docs/benchmarks.md (item 7).
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -67,8 +67,10 @@ pub(crate) const SM_CFS: [&str; 13] = [
 pub struct Store {
     pub(crate) db: Arc<DB>,
     dir: PathBuf,
-    /// Set while [`Store::snapshot_install`] writes: the state is then partial.
-    pub(crate) installing: Arc<AtomicBool>,
+    /// Snapshot installs begun plus installs finished: odd while [`Store::snapshot_install`]
+    /// writes (the state is then partial), and changed by every install, so a read can tell
+    /// whether one ran while it read ([`Store::install_epoch`]).
+    pub(crate) installs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -112,7 +114,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-            installing: Arc::default(),
+            installs: Arc::default(),
         };
         if store.install_interrupted()? {
             tracing::warn!(
@@ -139,7 +141,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
-            installing: Arc::default(),
+            installs: Arc::default(),
         };
         if store.install_interrupted()? {
             return Err(StoreError::Corrupt {
@@ -155,7 +157,14 @@ impl Store {
     /// Whether a snapshot install is replacing the state right now: reads would see part of
     /// the old state or of the new one.
     pub fn is_installing(&self) -> bool {
-        self.installing.load(Ordering::SeqCst)
+        self.install_epoch() % 2 == 1
+    }
+
+    /// Changes whenever a snapshot install begins or ends; odd while one runs. A read of
+    /// several keys that takes it before and after saw one state, old or new, if the two are
+    /// equal and even.
+    pub fn install_epoch(&self) -> u64 {
+        self.installs.load(Ordering::SeqCst)
     }
 
     /// The node's data directory (the database lives in `db/` under it).

@@ -149,11 +149,16 @@ impl Store {
         let start = input.stream_position()?;
         read_frames(input, &mut |_| Ok(()))?;
         input.seek(SeekFrom::Start(start))?;
-        self.installing.store(true, Ordering::SeqCst);
+        if !self.is_installing() {
+            // Odd already after an install that failed: reads stay refused.
+            self.installs.fetch_add(1, Ordering::SeqCst);
+        }
         let r = self.install_checked(input, chunk_bytes, after_chunk);
-        // On an error the marker stays: the node stops (a storage error) and the next open
-        // discards the partial state.
-        self.installing.store(r.is_err(), Ordering::SeqCst);
+        // On an error the marker stays, and reads are still refused: the node stops (a
+        // storage error) and the next open discards the partial state.
+        if r.is_ok() {
+            self.installs.fetch_add(1, Ordering::SeqCst);
+        }
         r
     }
 
@@ -465,6 +470,30 @@ mod tests {
             "a certificate deleted before the install came back after the crash"
         );
         assert_eq!(s.cert_count().unwrap(), 1);
+    }
+
+    /// Reads tell an install happened while they read by the install epoch: odd while one
+    /// runs, and two more after each.
+    #[test]
+    fn every_install_moves_the_install_epoch_and_it_is_odd_while_one_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = s.begin_apply();
+        b.put_cert(cert(1)).unwrap();
+        b.set_sm_meta("last_applied", vec![1]);
+        b.commit().unwrap();
+        let mut snapshot = Vec::new();
+        s.snapshot_write(&mut snapshot).unwrap();
+        let before = s.install_epoch();
+        assert_eq!(before % 2, 0);
+        let mut during = Vec::new();
+        let mut input = std::io::Cursor::new(&snapshot);
+        s.snapshot_install_in_chunks(&mut input, 1, &mut |_| during.push(s.install_epoch()))
+            .unwrap();
+        assert!(!during.is_empty(), "the install wrote chunks");
+        assert!(during.iter().all(|e| *e == before + 1), "{during:?}");
+        assert_eq!(s.install_epoch(), before + 2);
+        assert!(!s.is_installing());
     }
 
     #[test]
