@@ -37,7 +37,7 @@ fn admin_ways(settings: &ApiSettings) -> String {
     }
 }
 
-/// The one admin check for mutating `/cluster` calls: the request carries the admin token
+/// The one admin check for `/cluster` calls that change state or show personal data: the request carries the admin token
 /// (`Authorization: Bearer <token>`), or came over hkps with a verified client certificate whose
 /// name is in `cluster.admin_cert_names`. Returns the actor for the audit trail:
 /// `admin-token`, or `cert:NAME`. Refusals are 401 with one line naming what was wrong and

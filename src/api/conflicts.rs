@@ -1,7 +1,8 @@
 //! The conflicts API (JSON): `GET /cluster/conflicts`, `GET /cluster/conflicts/{id}`,
 //! `POST /cluster/conflicts/{id}/resolve`, `GET|PUT /cluster/conflicts/policies`, and the audit
 //! trail `GET /cluster/audit`. Reads come from the local replica; resolutions and policy
-//! changes are replicated commands and need the admin token.
+//! changes are replicated commands. Everything but reading the policies needs admin
+//! credentials: conflicts and the audit trail name who uploaded what, by client address.
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -40,6 +41,7 @@ fn limit(q: &[(String, String)]) -> Result<usize, ApiError> {
 
 /// `GET /cluster/conflicts?fingerprint=&kind=&status=&before=&limit=`, newest first.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
     let q = query(&req);
     let f = ConflictFilter {
         fingerprint: get(&q, "fingerprint").map(|s| s.trim_start_matches("0x").to_uppercase()),
@@ -62,9 +64,11 @@ fn conflict_id(path: &str) -> Result<u64, ApiError> {
 
 /// `GET /cluster/conflicts/{id}`: both versions, clocks, origins, and the diff.
 pub async fn show(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
     let id = conflict_id(&path)?;
     let c = state
         .keys
@@ -154,6 +158,7 @@ pub async fn set_policies(
 
 /// `GET /cluster/audit?from=INDEX&fingerprint=&action=&limit=[&format=jsonl]`, in log order.
 pub async fn audit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
     let q = query(&req);
     let f = AuditFilter {
         from: number(&q, "from")?.unwrap_or(0),

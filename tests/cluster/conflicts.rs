@@ -96,7 +96,7 @@ fn status_at(m: &Member, fpr: &str, index: u64) -> u16 {
 /// `action outcome` of every audit entry of `fpr` on `m`, in log order.
 fn story(m: &Member, fpr: &str) -> Vec<String> {
     let a = m
-        .json(&format!("/cluster/audit?fingerprint={fpr}"))
+        .admin_json(&format!("/cluster/audit?fingerprint={fpr}"), TOKEN)
         .unwrap();
     a["entries"]
         .as_array()
@@ -115,7 +115,10 @@ fn story(m: &Member, fpr: &str) -> Vec<String> {
 /// The open conflicts of `fpr` on `m`.
 fn open_conflicts(m: &Member, fpr: &str) -> Vec<Value> {
     let v = m
-        .json(&format!("/cluster/conflicts?status=open&fingerprint={fpr}"))
+        .admin_json(
+            &format!("/cluster/conflicts?status=open&fingerprint={fpr}"),
+            TOKEN,
+        )
         .unwrap();
     v["conflicts"].as_array().unwrap().clone()
 }
@@ -143,28 +146,6 @@ fn uids(m: &Member, fpr: &str, index: u64) -> BTreeSet<String> {
 
 fn set(xs: &[&str]) -> BTreeSet<String> {
     xs.iter().map(|s| s.to_string()).collect()
-}
-
-/// Every member's state digest once all have applied the same index; they must agree.
-fn same_digest(members: &[Member]) {
-    let agreed = poll(Duration::from_secs(30), || {
-        let d: Vec<Value> = members
-            .iter()
-            .map(|m| m.json("/cluster/digest"))
-            .collect::<Option<_>>()?;
-        let first = &d[0];
-        d.iter()
-            .all(|x| x["applied_index"] == first["applied_index"])
-            .then(|| d.clone())
-    })
-    .expect("members reach the same applied index");
-    for (m, d) in members.iter().zip(&agreed) {
-        assert_eq!(
-            d["sha256"], agreed[0]["sha256"],
-            "{} differs: {agreed:?}",
-            m.name
-        );
-    }
 }
 
 /// Upload `stale` through the cut-off follower `f` while `fresh` goes through a connected
@@ -238,7 +219,7 @@ fn a_stale_upload_through_a_cut_off_follower_merges_or_waits_for_an_operator() {
         assert_eq!(uids(m, &fpr, index), set(&["u0", "u1", "u2"]), "{}", m.name);
     }
     let c = members[f]
-        .json(&format!("/cluster/conflicts?fingerprint={fpr}"))
+        .admin_json(&format!("/cluster/conflicts?fingerprint={fpr}"), TOKEN)
         .unwrap();
     let list = c["conflicts"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{c}");
@@ -276,7 +257,7 @@ fn a_stale_upload_through_a_cut_off_follower_merges_or_waits_for_an_operator() {
     assert_eq!(open.len(), 1);
     let id = open[0]["id"].as_u64().unwrap();
     let detail = members[leader]
-        .json(&format!("/cluster/conflicts/{id}"))
+        .admin_json(&format!("/cluster/conflicts/{id}"), TOKEN)
         .unwrap();
     let added: Vec<&str> = detail["diff"]["user_ids_added"]
         .as_array()
@@ -342,7 +323,9 @@ fn a_stale_upload_through_a_cut_off_follower_merges_or_waits_for_an_operator() {
     for m in &members[1..] {
         assert_eq!(story(m, &fpr), s);
     }
-    let resolves = members[0].json("/cluster/audit?action=resolve").unwrap();
+    let resolves = members[0]
+        .admin_json("/cluster/audit?action=resolve", TOKEN)
+        .unwrap();
     assert_eq!(
         resolves["entries"].as_array().unwrap().len(),
         2,
@@ -403,7 +386,7 @@ fn a_stale_upload_racing_an_admin_delete_stays_out_until_an_operator_decides() {
     );
     let id = open[0]["id"].as_u64().unwrap();
     let detail = members[leader]
-        .json(&format!("/cluster/conflicts/{id}"))
+        .admin_json(&format!("/cluster/conflicts/{id}"), TOKEN)
         .unwrap();
     assert!(detail["current"]["cert"].is_null(), "a tombstone: {detail}");
     assert!(!detail["incoming"]["cert"].is_null(), "{detail}");
@@ -502,7 +485,7 @@ fn a_stale_upload_racing_an_admin_replace_merges_into_the_replaced_certificate()
         assert_eq!(uids(m, &fpr, index), set(&["u0", "u1", "u2"]), "{}", m.name);
     }
     let c = members[f]
-        .json(&format!("/cluster/conflicts?fingerprint={fpr}"))
+        .admin_json(&format!("/cluster/conflicts?fingerprint={fpr}"), TOKEN)
         .unwrap();
     let list = c["conflicts"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{c}");

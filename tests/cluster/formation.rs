@@ -10,13 +10,15 @@ use crate::harness::*;
 fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     let t = TestDir::new();
     let certs = debian_certs(10);
+    let token = t.file("admin-token", "formation-t0ken\n");
 
     tracing_phase("bootstrap n1, then n2 and n3 join it (concurrently); n3 acts as a release without append streams");
-    let mut n1 = t.spec("n1").start();
+    let mut n1 = t.spec("n1").admin_token(&token).start();
     n1.wait_ready();
-    let n2 = t.spec("n2").join(&[n1.http]).start();
+    let n2 = t.spec("n2").admin_token(&token).join(&[n1.http]).start();
     let n3 = t
         .spec("n3")
+        .admin_token(&token)
         .join(&[n1.http])
         .env("KEYRAFT_TEST_NO_APPEND_STREAM", "1")
         .start();
@@ -123,7 +125,7 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     let members = [&n1, &n2, &n3];
     let leader = members[leader_of(&members)];
     let entry = poll(Duration::from_secs(30), || {
-        let a = leader.json("/cluster/audit?action=join")?;
+        let a = leader.admin_json("/cluster/audit?action=join", "formation-t0ken")?;
         a["entries"]
             .as_array()?
             .iter()
@@ -138,7 +140,7 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
         panic!(
             "no refused join in {}'s audit: {:?}",
             leader.name,
-            leader.json("/cluster/audit")
+            leader.admin_json("/cluster/audit", "formation-t0ken")
         )
     });
     let actor = entry["actor"].as_str().unwrap();

@@ -380,6 +380,17 @@ impl Member {
         serde_json::from_slice(&r.body).ok()
     }
 
+    /// GET a JSON document as an administrator (`Authorization: Bearer <token>`): the audit
+    /// trail and conflicts name uploaders, so they need admin credentials.
+    pub fn admin_json(&self, target: &str, token: &str) -> Option<Value> {
+        let bearer = format!("Bearer {token}");
+        let r = self.request("GET", target, &[("Authorization", &bearer)], b"")?;
+        if r.status != 200 {
+            return None;
+        }
+        serde_json::from_slice(&r.body).ok()
+    }
+
     pub fn ready(&self) -> bool {
         self.get("/ready").is_some_and(|r| r.status == 200)
     }
@@ -598,4 +609,26 @@ pub fn served(m: &Member, fpr: &str, index: u64) -> bool {
 /// How many certificates a binary keyring holds.
 pub fn count_certs(keyring: &[u8]) -> usize {
     keyraft::pgp::CertSplitter::new(keyring).count()
+}
+
+/// Every member's state digest once all have applied the same index; they must agree.
+pub fn same_digest(members: &[Member]) {
+    let agreed = poll(Duration::from_secs(30), || {
+        let d: Vec<Value> = members
+            .iter()
+            .map(|m| m.json("/cluster/digest"))
+            .collect::<Option<_>>()?;
+        let first = &d[0];
+        d.iter()
+            .all(|x| x["applied_index"] == first["applied_index"])
+            .then(|| d.clone())
+    })
+    .expect("members reach the same applied index");
+    for (m, d) in members.iter().zip(&agreed) {
+        assert_eq!(
+            d["sha256"], agreed[0]["sha256"],
+            "{} differs: {agreed:?}",
+            m.name
+        );
+    }
 }

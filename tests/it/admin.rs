@@ -10,6 +10,9 @@ use keyraft::client::{request, Response};
 
 use crate::common::{Gpg, TestNode};
 
+/// The admin token of the node under test.
+const TOKEN: &str = "admin-t0ken";
+
 fn form(fields: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = String::new();
     for (i, (k, v)) in fields.iter().enumerate() {
@@ -97,7 +100,9 @@ fn sign_with(gpg: &Gpg, signer: &str, text: &[u8], extra: &[&str]) -> Vec<u8> {
 fn wait_audit(n: &TestNode, action: &str, prefix: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = n.get(&format!("/cluster/audit?action={action}")).unwrap();
+        let r = n
+            .get_as_admin(&format!("/cluster/audit?action={action}"), TOKEN)
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let hit = v["entries"]
             .as_array()
@@ -158,7 +163,7 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     let keyring = conf_dir.path().join("admins.asc");
     std::fs::write(&keyring, [export(&admin), export(&old_admin)].concat()).unwrap();
     let token = conf_dir.path().join("token");
-    std::fs::write(&token, "admin-t0ken\n").unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let config = conf_dir.path().join("hkp.toml");
     std::fs::write(
         &config,
@@ -269,8 +274,9 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     assert_eq!(e["actor"], format!("admin-key {admin}"));
 
     eprintln!("--- JSON admin delete: a stale If-Match is 412, the current ETag deletes");
+    let bearer = format!("Bearer {TOKEN}");
     let auth = [
-        ("Authorization", "Bearer admin-t0ken"),
+        ("Authorization", bearer.as_str()),
         ("Content-Type", "application/json"),
     ];
     let body = format!(r#"{{"fingerprint":"{mallory}","reason":"GDPR"}}"#);
@@ -323,17 +329,32 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
     let p: serde_json::Value =
         serde_json::from_slice(&node.get("/cluster/conflicts/policies").unwrap().body).unwrap();
     assert_eq!(p["add"], "manual");
+    assert_eq!(
+        node.get("/cluster/conflicts").unwrap().status,
+        401,
+        "conflicts name uploaders: admins only"
+    );
     let c: serde_json::Value =
-        serde_json::from_slice(&node.get("/cluster/conflicts").unwrap().body).unwrap();
+        serde_json::from_slice(&node.get_as_admin("/cluster/conflicts", TOKEN).unwrap().body)
+            .unwrap();
     assert!(
         c["conflicts"].as_array().unwrap().is_empty(),
         "no race happened: {c}"
     );
-    assert_eq!(node.get("/cluster/conflicts/77").unwrap().status, 404);
-    assert_eq!(node.get("/cluster/conflicts/x").unwrap().status, 400);
+    let status = |target: &str| node.get_as_admin(target, TOKEN).unwrap().status;
+    assert_eq!(status("/cluster/conflicts/77"), 404);
+    assert_eq!(status("/cluster/conflicts/x"), 400);
+    assert_eq!(node.get("/cluster/conflicts/77").unwrap().status, 401);
 
     eprintln!("--- the audit trail tells the story");
     let r = node.get("/cluster/audit?format=jsonl").unwrap();
+    assert_eq!(
+        r.status, 401,
+        "the audit trail names uploaders: admins only"
+    );
+    let r = node
+        .get_as_admin("/cluster/audit?format=jsonl", TOKEN)
+        .unwrap();
     assert_eq!(r.status, 200);
     let all: Vec<serde_json::Value> = r
         .text()

@@ -170,7 +170,10 @@ fn an_admin_client_certificate_authorises_mutating_cluster_calls_over_hkps() {
         "{}",
         routing.text()
     );
-    let audit = node.get("/cluster/audit?action=routing").unwrap().text();
+    let audit = node
+        .get_as_admin("/cluster/audit?action=routing", TOKEN)
+        .unwrap()
+        .text();
     assert!(
         audit.contains("\"actor\":\"cert:ops-alice\""),
         "the audit trail names the certificate: {audit}"
@@ -239,7 +242,10 @@ fn an_admin_client_certificate_authorises_mutating_cluster_calls_over_hkps() {
     )
     .unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
-    let audit = node.get("/cluster/audit?action=routing").unwrap().text();
+    let audit = node
+        .get_as_admin("/cluster/audit?action=routing", TOKEN)
+        .unwrap()
+        .text();
     assert!(audit.contains("\"actor\":\"admin-token\""), "{audit}");
 
     eprintln!("--- (d) lookups over hkps need no certificate");

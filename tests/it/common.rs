@@ -123,6 +123,20 @@ impl TestNode {
         request(self.addr, "GET", target, &[], b"", Duration::from_secs(30))
     }
 
+    /// GET with `Authorization: Bearer <token>` (the audit trail, conflicts).
+    pub fn get_as_admin(&self, target: &str, token: &str) -> std::io::Result<Response> {
+        let bearer = format!("Bearer {token}");
+        let auth = [("Authorization", bearer.as_str())];
+        request(
+            self.addr,
+            "GET",
+            target,
+            &auth,
+            b"",
+            Duration::from_secs(30),
+        )
+    }
+
     /// POST raw armored or binary certificates, JSON answer.
     pub fn post_keys(&self, body: &[u8]) -> std::io::Result<Response> {
         request(

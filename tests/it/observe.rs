@@ -86,14 +86,19 @@ fn get(uri: &str) -> at::TestRequest {
     at::TestRequest::get().uri(uri)
 }
 
+/// `r` with the admin token.
+fn as_admin(r: at::TestRequest) -> at::TestRequest {
+    r.insert_header(("authorization", format!("Bearer {TOKEN}")))
+}
+
 fn put_routing(body: Value, token: Option<&str>) -> at::TestRequest {
-    let mut r = at::TestRequest::put()
+    let r = at::TestRequest::put()
         .uri("/cluster/routing")
         .set_payload(body.to_string());
-    if let Some(t) = token {
-        r = r.insert_header(("authorization", format!("Bearer {t}")));
+    match token {
+        Some(t) => r.insert_header(("authorization", format!("Bearer {t}"))),
+        None => r,
     }
-    r
 }
 
 fn upload(armored: &[u8]) -> at::TestRequest {
@@ -331,7 +336,9 @@ async fn routing_needs_the_token_refuses_bad_values_and_changes_lookups_and_read
     assert_eq!((a.status, a.header("x-keyraft-weight")), (200, Some("100")));
 
     eprintln!("--- every change is in the audit trail");
-    let v = call(&app, get("/cluster/audit?action=routing"))
+    let a = call(&app, get("/cluster/audit?action=routing")).await;
+    assert_eq!(a.status, 401, "the audit trail is for admins: {}", a.text());
+    let v = call(&app, as_admin(get("/cluster/audit?action=routing")))
         .await
         .json();
     assert_eq!(v["entries"].as_array().unwrap().len(), 4, "{v}");
