@@ -4,9 +4,12 @@
 # off (iptables on the node's own test loopback address) one member at a time, the leader half
 # of the time, and now and then kills all three at once; snapshots every 50 entries, so a
 # member that was away often comes back by one.
-# Checks: every acknowledged write is on every member afterwards, a linearizable read on
-# another member right after an acknowledgement finds the write (or answers 503), nothing
-# unsubmitted is stored, and all members end with the same state digest.
+# A Debian certificate with several user ids goes in as two halves at once through two
+# members (concurrent updates, united by the merge policy).
+# Checks: every acknowledged write is on every member afterwards with all its acknowledged
+# user ids, a linearizable read on another member right after an acknowledgement finds the
+# write (or answers 503), nothing unsubmitted is stored, no conflict is left open, and all
+# members end with the same state digest.
 # This is the cluster test `nemesis` with more faults (the test suite runs 8).
 # Usage: chaos/nemesis.sh [FAULTS=40] [SEED]. Needs root (iptables). Bounded: it stops by itself.
 set -euo pipefail
