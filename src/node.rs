@@ -166,6 +166,17 @@ impl Node {
             ..RaftSettings::default()
         };
         let secret = read_secret(cluster.secret_file.as_deref(), "the cluster secret")?;
+        if secret.is_none() && cluster.raft_listen.is_some() {
+            tracing::warn!(
+                "INSECURE: no cluster secret (cluster.secret_file): POST /cluster/join admits \
+                 any node that asks{}",
+                if tls.is_some() {
+                    " with a certificate of the cluster CA"
+                } else {
+                    ""
+                }
+            );
+        }
         let admin_token = read_secret(cluster.admin_token_file.as_deref(), "the admin token")?;
         let transport = || GrpcTransport::new(tls.clone(), cluster.source_ip);
         let (raft, keys, rpc_stop, rpc_task) = match listener {

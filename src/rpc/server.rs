@@ -2,8 +2,9 @@
 //! the cluster service answers pings, executes forwarded writes on the leader, answers read
 //! indexes for followers' linearizable reads, and admits and
 //! removes members through the facade's admission rules. With mTLS, a join must come from the
-//! joiner's own certificate or from a current member forwarding it, and a removal notice from
-//! the certificate of the member that claims to have removed this node.
+//! joiner's own certificate or from a current member forwarding it, a removal notice from
+//! the certificate of the member that claims to have removed this node, and a call that acts
+//! for the cluster (forwarded write, read index, leave, digest, rebuild) from a current member.
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -230,6 +231,7 @@ impl ClusterService for ClusterSvc {
         &self,
         req: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        self.check_member(&req, "forward_write")?;
         let cmd: Command = rmp_serde::from_slice(&req.into_inner().command)
             .map_err(|e| Status::invalid_argument(format!("bad command: {e}")))?;
         let r = match self.keys.raft().write(cmd).await {
@@ -250,8 +252,9 @@ impl ClusterService for ClusterSvc {
 
     async fn read_index(
         &self,
-        _req: Request<ReadIndexRequest>,
+        req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
+        self.check_member(&req, "read_index")?;
         let r = match self.keys.raft().read_index().await {
             Ok(index) => ReadIndexReply {
                 index,
@@ -304,6 +307,7 @@ impl ClusterService for ClusterSvc {
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.check_member(&req, "leave")?;
         let id = req.into_inner().node_id;
         let removed = self.keys.leave(id).await.map_err(status)?;
         Ok(Response::new(LeaveReply { removed }))
@@ -313,6 +317,7 @@ impl ClusterService for ClusterSvc {
         &self,
         req: Request<DigestRequest>,
     ) -> Result<Response<DigestReply>, Status> {
+        self.check_member(&req, "digest_at")?;
         let DigestRequest { target, index } = req.into_inner();
         self.check_target(target)?;
         let d = self
@@ -336,6 +341,7 @@ impl ClusterService for ClusterSvc {
         &self,
         req: Request<RebuildRequest>,
     ) -> Result<Response<RebuildReply>, Status> {
+        self.check_member(&req, "rebuild")?;
         self.check_target(req.into_inner().target)?;
         self.keys.rebuild_self().await.map_err(status)?;
         Ok(Response::new(RebuildReply {}))
@@ -361,6 +367,27 @@ impl ClusterService for ClusterSvc {
 }
 
 impl ClusterSvc {
+    /// With mTLS, refuse a call that acts for the cluster (a forwarded write, a read index, a
+    /// removal, a digest, a rebuild) unless the caller's certificate names a current member
+    /// as this node knows the membership. Any certificate of the cluster CA opens the
+    /// connection, including that of a node removed long ago or never admitted; only members
+    /// may act. (Raft messages themselves are accepted from any CA certificate: a member that
+    /// missed the change adding a new leader must still take that leader's appends.)
+    fn check_member<T>(&self, req: &Request<T>, call: &str) -> Result<(), Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        let names = peer_names(req.peer_certs().as_deref().map(|v| v.as_slice()));
+        let members = self.keys.raft().members();
+        if members.iter().any(|m| names.contains(&m.node.name)) {
+            return Ok(());
+        }
+        tracing::warn!(peer = ?req.remote_addr(), ?names, call, "refused: the caller is not a member");
+        Err(Status::permission_denied(format!(
+            "refused: the client certificate names {names:?}, not a member of this cluster"
+        )))
+    }
+
     /// Refuse calls meant for another Raft id (see [`RaftSvc::check_target`]).
     fn check_target(&self, target: u64) -> Result<(), Status> {
         let me = self.keys.raft().id();

@@ -297,3 +297,69 @@ fn the_cluster_ca_rotates_node_by_node_through_a_two_ca_bundle() {
     let n4 = t.spec("n4").tls(&stale).join(&[members[1].http]).start();
     refused(&n4);
 }
+
+/// A certificate from the cluster CA opens a connection, but only a current member may act
+/// for the cluster: a node that was never admitted, holding a certificate from the same CA,
+/// cannot remove a member, forward a write or ask for a read index; a member can.
+#[test]
+fn only_a_member_certificate_may_act_through_the_cluster_service() {
+    use keyraft::rpc::proto::cluster_service_client::ClusterServiceClient;
+    use keyraft::rpc::proto::{ForwardRequest, LeaveRequest, ReadIndexRequest};
+    use keyraft::rpc::tls::ClusterTls;
+    use tonic::Code;
+
+    let t = TestDir::new();
+    let ca = t.path().join("ca");
+    cert_init(&ca);
+    let tls: Vec<PathBuf> = ["n1", "n2", "n9"]
+        .iter()
+        .map(|n| cert_issue(&ca, n, &t.path().join(format!("tls-{n}"))))
+        .collect();
+    let n1 = t.spec("n1").tls(&tls[0]).start();
+    n1.wait_ready();
+    let n2 = t.spec("n2").tls(&tls[1]).join(&[n1.http]).start();
+    n2.wait_ready();
+    let n2_id = n2.id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A client of n1's cluster service presenting `name`'s certificate.
+    let client = |name: &str, dir: &Path| {
+        let tls = ClusterTls::load(dir, name).unwrap();
+        rt.block_on(async {
+            let channel = tonic::transport::Channel::from_shared(format!("https://{}", n1.raft))
+                .unwrap()
+                .tls_config(tls.client("n1"))
+                .unwrap()
+                .connect()
+                .await
+                .expect("any certificate of the cluster CA connects");
+            ClusterServiceClient::new(channel)
+        })
+    };
+
+    tracing_phase("n9 (same CA, never admitted) tries to remove n2, write, read an index");
+    let mut stranger = client("n9", &tls[2]);
+    fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+        r.map_or_else(|s| s.code(), |_| Code::Ok)
+    }
+    let leave = rt.block_on(stranger.leave(LeaveRequest { node_id: n2_id }));
+    assert_eq!(code(leave), Code::PermissionDenied, "leave");
+    let write = rt.block_on(stranger.forward_write(ForwardRequest {
+        command: b"not even a command".to_vec(),
+    }));
+    assert_eq!(code(write), Code::PermissionDenied, "forward_write");
+    let index = rt.block_on(stranger.read_index(ReadIndexRequest {}));
+    assert_eq!(code(index), Code::PermissionDenied, "read_index");
+    assert!(
+        n1.members().iter().any(|m| m.0 == n2_id),
+        "n2 is still a member"
+    );
+    assert!(n1
+        .log_text()
+        .contains("refused: the caller is not a member"));
+
+    tracing_phase("n2, a member, may ask for a read index");
+    let mut member = client("n2", &tls[1]);
+    let r = rt.block_on(member.read_index(ReadIndexRequest {}));
+    let r = r.expect("a member's call is served").into_inner();
+    assert!(r.error.is_empty() && r.index > 0, "{r:?}");
+}
