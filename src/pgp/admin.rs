@@ -8,7 +8,7 @@
 //!
 //! Checks, in order: the command line, then the signature, then the certificates, so no
 //! certificate parsing happens for an unauthenticated request. The signature must verify under
-//! [`super::POLICY`] the way Sequoia's verifier judges it at its creation time (signing-capable,
+//! [`super::policy_at`] the way Sequoia's verifier judges it at its creation time (signing-capable,
 //! live, unrevoked key; signature alive at `now`), and, because an admin key that has since
 //! expired or been revoked must stop authorising anything, the admin certificate and the signing
 //! key must also be valid, live, unrevoked and signing-capable at `now`.
@@ -41,7 +41,7 @@ use sequoia_openpgp::{Cert, Fingerprint, KeyHandle};
 use sha2::{Digest, Sha256};
 
 use super::parse::{armor_blocks, one_line};
-use super::{parse_submission, Limits, Parsed, PgpError, POLICY};
+use super::{parse_submission, policy_at, Limits, Parsed, PgpError};
 
 /// The operation a signed admin request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,8 +195,9 @@ fn verify_signature(
         keytext: Sha256::digest(keytext).into(),
         signer: None,
     };
+    let policy = policy_at(now);
     let mut verifier = DetachedVerifierBuilder::from_bytes(keysig)
-        .and_then(|b| b.with_policy(&*POLICY, Some(now), helper))
+        .and_then(|b| b.with_policy(&policy, Some(now), helper))
         .map_err(|_| AdminError::NoValidSignature)?;
     verifier
         .verify_bytes(keytext)
@@ -267,7 +268,8 @@ impl VerificationHelper for Helper<'_> {
 /// Whether `cert` is valid, live and unrevoked at `now` and its key `key` is live, unrevoked
 /// and signing-capable at `now`.
 fn fit_to_sign_now(cert: &Cert, key: &KeyHandle, now: SystemTime) -> bool {
-    let Ok(vc) = cert.with_policy(&*POLICY, now) else {
+    let policy = policy_at(now);
+    let Ok(vc) = cert.with_policy(&policy, now) else {
         return false;
     };
     if vc.alive().is_err() || matches!(vc.revocation_status(), RevocationStatus::Revoked(_)) {

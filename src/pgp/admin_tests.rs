@@ -38,7 +38,7 @@ fn sign_at(signer: &Cert, data: &[u8], at: SystemTime) -> Vec<u8> {
     let keypair = signer
         .keys()
         .subkeys()
-        .with_policy(&*POLICY, at)
+        .with_policy(&policy_at(at), at)
         .for_signing()
         .secret()
         .next()

@@ -7,7 +7,7 @@
 //! 3. Apply the flooding defence ([`shed`]): third-party certifications by policy, then the
 //!    certificate size cap, shedding the oldest third-party certifications first. Never a
 //!    self-signature or a revocation.
-//! 4. Require a valid self-signed user id or a direct-key signature under [`super::POLICY`].
+//! 4. Require a valid self-signed user id or a direct-key signature under [`super::policy_at`].
 use std::time::SystemTime;
 
 use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts};
@@ -18,7 +18,7 @@ use sequoia_openpgp::{Cert, KeyHandle, Packet};
 
 use super::parse::{one_line, RawCert};
 use super::relocate::{fits_user_attribute, fits_userid, is_certification, relocate};
-use super::{Limits, PgpError, ThirdPartyPolicy, POLICY};
+use super::{policy_at, Limits, PgpError, ThirdPartyPolicy};
 
 pub(super) type Primary = Key<PublicParts, PrimaryRole>;
 
@@ -351,8 +351,9 @@ fn to_shed(packets: &[Packet], handle: &KeyHandle, limits: &Limits) -> Result<Ve
 }
 
 fn check_valid(cert: &Cert, time: SystemTime) -> Result<(), PgpError> {
+    let policy = policy_at(time);
     let vc = cert
-        .with_policy(&*POLICY, time)
+        .with_policy(&policy, time)
         .map_err(|_| PgpError::NoValidSelfSignature)?;
     if vc.userids().next().is_some() || vc.direct_key_signature().is_ok() {
         Ok(())

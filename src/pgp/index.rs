@@ -12,7 +12,7 @@ use sequoia_openpgp::Cert;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
-use super::{normalize_email, POLICY};
+use super::{normalize_email, policy_at};
 
 /// At most this many distinct words per certificate are indexed.
 pub const MAX_WORDS: usize = 256;
@@ -109,13 +109,14 @@ pub fn summarize(cert: &Cert, time: SystemTime) -> Summary {
         revoked: false,
         uids: Vec::new(),
     };
-    let Ok(vc) = cert.with_policy(&*POLICY, time) else {
+    let policy = policy_at(time);
+    let Ok(vc) = cert.with_policy(&policy, time) else {
         return s;
     };
     s.expires = vc.primary_key().key_expiration_time().map(secs);
     s.revoked = matches!(vc.revocation_status(), RevocationStatus::Revoked(_));
     for ua in cert.userids() {
-        let valid = ua.clone().with_policy(&*POLICY, time).ok();
+        let valid = ua.clone().with_policy(&policy, time).ok();
         let binding = valid.as_ref().map(|v| v.binding_signature().clone());
         s.uids.push(UidSummary {
             uid: ua.userid().value().to_vec(),

@@ -1,8 +1,8 @@
 //! OpenPGP handling: parse, clean, merge, index. Pure: no I/O, no async, no clock.
 //!
 //! Every function that needs "now" takes it as an argument (the Raft proposer's time), so the
-//! same inputs give the same bytes on every node. Everything goes through [`POLICY`], the one
-//! policy shared by ingestion and apply.
+//! same inputs give the same bytes on every node. Everything goes through [`policy_at`], the one
+//! policy shared by ingestion and apply, judged at that time too.
 //!
 //! # Common operations
 //! - [`parse_submission`]: split armored or binary input into certificates, refuse secret keys.
@@ -35,11 +35,13 @@ pub use index::{
 };
 pub use limits::{Limits, ThirdPartyPolicy};
 pub use merge::{merge, MergeOutcome};
-pub use parse::{armor_blocks, parse_submission, primary_fingerprint, Parsed, RawCert};
+pub use parse::{
+    armor_blocks, parse_submission, primary_fingerprint, Parsed, RawCert, MAX_SUBMISSION_ITEMS,
+};
 pub use split::CertSplitter;
 pub use types::{normalize_email, Fingerprint};
 
-use std::sync::LazyLock;
+use std::time::SystemTime;
 
 use sequoia_openpgp::policy::{AsymmetricAlgorithm, StandardPolicy};
 use sequoia_openpgp::types::HashAlgorithm;
@@ -51,8 +53,12 @@ use sequoia_openpgp::types::HashAlgorithm;
 /// its owner chose an algorithm a client's policy now calls weak (Debian's keyring still holds
 /// SHA-1 self-signatures and 1024-bit DSA keys). So this is Sequoia's standard policy with
 /// every hash and public-key algorithm it knows accepted; MD5 stays rejected.
-pub static POLICY: LazyLock<StandardPolicy<'static>> = LazyLock::new(|| {
-    let mut p = StandardPolicy::new();
+///
+/// Sequoia's cut-off dates (when an algorithm stops being accepted) are compared with the
+/// policy's reference time, which is the wall clock unless set: set to `time` (the proposer's
+/// time of a command), two nodes with different clocks judge a certificate alike.
+pub fn policy_at(time: SystemTime) -> StandardPolicy<'static> {
+    let mut p = StandardPolicy::at(time);
     for h in [HashAlgorithm::SHA1, HashAlgorithm::RipeMD] {
         p.accept_hash(h);
     }
@@ -86,7 +92,7 @@ pub static POLICY: LazyLock<StandardPolicy<'static>> = LazyLock::new(|| {
         p.accept_asymmetric_algo(a);
     }
     p
-});
+}
 
 /// Why a certificate or a submission was refused. Every variant's text is a one-line reason
 /// suitable for an HTTP answer.
@@ -116,6 +122,11 @@ pub enum PgpError {
     /// Sequoia refused the certificate.
     #[error("invalid certificate: {0}")]
     Invalid(String),
+    /// More items than one submission may carry (see [`MAX_SUBMISSION_ITEMS`]).
+    #[error(
+        "{count} certificates in one submission, over the limit of {limit}; send them in several"
+    )]
+    TooManyItems { count: usize, limit: usize },
 }
 
 #[cfg(test)]

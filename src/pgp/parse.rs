@@ -30,6 +30,11 @@ pub enum Parsed {
 
 /// Split `input` into certificates. Refuses the whole submission if any part carries secret
 /// key material, and fails if nothing at all could be read.
+/// Most certificates (and unreadable items) one submission may carry. Apply numbers the audit
+/// entries and conflicts of one command with 16 bits, two numbers at most per item; and a bulk
+/// import is better sent in parts anyway.
+pub const MAX_SUBMISSION_ITEMS: usize = 10_000;
+
 pub fn parse_submission(input: &[u8], limits: &Limits) -> Result<Vec<Parsed>, PgpError> {
     let mut out = Vec::new();
     let blocks = armor_blocks(input);
@@ -47,6 +52,12 @@ pub fn parse_submission(input: &[u8], limits: &Limits) -> Result<Vec<Parsed>, Pg
                 Err(e) => out.push(Parsed::Unreadable(format!("bad armor: {e}"))),
             }
         }
+    }
+    if out.len() > MAX_SUBMISSION_ITEMS {
+        return Err(PgpError::TooManyItems {
+            count: out.len(),
+            limit: MAX_SUBMISSION_ITEMS,
+        });
     }
     if !out.iter().any(|p| matches!(p, Parsed::Cert(_))) {
         let why = out

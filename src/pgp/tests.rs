@@ -476,3 +476,68 @@ fn a_cleaned_debian_certificate_merged_with_itself_is_unchanged() {
         );
     }
 }
+
+/// The policy judges algorithms at the time it is given (a command's time), not by the clock
+/// of the node applying: MD5 signatures were acceptable in 1995 and are not later.
+#[test]
+fn the_policy_judges_algorithms_at_the_given_time_not_the_wall_clock() {
+    use sequoia_openpgp::policy::{HashAlgoSecurity, Policy};
+    use sequoia_openpgp::types::HashAlgorithm;
+    let (cert, _) = CertBuilder::new()
+        .set_creation_time(UNIX_EPOCH + Duration::from_secs(700_000_000))
+        .add_signing_subkey()
+        .generate()
+        .unwrap();
+    let mut signer = cert
+        .primary_key()
+        .key()
+        .clone()
+        .parts_into_secret()
+        .unwrap()
+        .into_keypair()
+        .unwrap();
+    let sig = SignatureBuilder::new(SignatureType::Binary)
+        .set_hash_algo(HashAlgorithm::MD5)
+        .set_signature_creation_time(UNIX_EPOCH + Duration::from_secs(790_000_000))
+        .unwrap()
+        .sign_message(&mut signer, b"1995")
+        .unwrap();
+    let at = |year_secs: u64| policy_at(UNIX_EPOCH + Duration::from_secs(year_secs));
+    let sec = HashAlgoSecurity::CollisionResistance;
+    assert!(
+        at(800_000_000).signature(&sig, sec).is_ok(),
+        "1995: MD5 accepted"
+    );
+    assert!(
+        at(1_700_000_000).signature(&sig, sec).is_err(),
+        "2023: MD5 refused"
+    );
+    assert_eq!(
+        policy_at(UNIX_EPOCH + Duration::from_secs(1_700_000_000)).time(),
+        Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    );
+}
+
+/// A submission of more items than one command may number is refused as a whole, with a
+/// one-line reason, before anything is proposed.
+#[test]
+fn a_submission_over_the_item_limit_is_refused() {
+    let (cert, _) = CertBuilder::new()
+        .add_userid("many <many@example.org>")
+        .generate()
+        .unwrap();
+    let one = cert.to_vec().unwrap();
+    let body = one.repeat(MAX_SUBMISSION_ITEMS + 1);
+    let e = parse_submission(&body, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(e, PgpError::TooManyItems { count, limit }
+            if count == MAX_SUBMISSION_ITEMS + 1 && limit == MAX_SUBMISSION_ITEMS),
+        "{e}"
+    );
+    assert_eq!(e.to_string().lines().count(), 1);
+    let body = one.repeat(3);
+    assert_eq!(
+        parse_submission(&body, &Limits::default()).unwrap().len(),
+        3
+    );
+}

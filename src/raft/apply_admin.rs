@@ -170,7 +170,13 @@ pub(super) fn apply_replace(
         }),
         Policy::Manual => Ok(ctx.conflict(batch, &fingerprint, "replace", policy, cur, inc, None)),
         Policy::Merge | Policy::LastWriterWins => {
-            let wins = stored.as_ref().is_none_or(|r| incoming_wins(ctx, r));
+            // Against a delete (only its tombstone is stored) a replace wins by the same rule
+            // as against a certificate: the later proposer time, then the higher origin.
+            let wins = match &stored {
+                Some(r) => incoming_wins(ctx, r),
+                None => records::tombstone(batch, &fpr)?
+                    .is_none_or(|t| (ctx.c.time, ctx.c.origin) > (t.time, t.origin)),
+            };
             if policy == Policy::Merge {
                 let merged = match incoming.merge_into(stored.as_ref()) {
                     Ok(merged) => merged,

@@ -561,3 +561,42 @@ fn a_retried_request_is_not_applied_again_and_gets_the_first_answer() {
     );
     n.index = 7;
 }
+
+/// Under last-writer-wins, a replace proposed before a delete that was applied first does not
+/// bring the certificate back; one proposed after the delete does.
+#[test]
+fn a_last_writer_wins_replace_older_than_a_delete_stays_deleted() {
+    let mut n = Node::new();
+    set(
+        &mut n,
+        Policies {
+            replace: Policy::LastWriterWins,
+            ..Policies::default()
+        },
+    );
+    let (fpr, a, _) = two_versions();
+    n.apply(1, 50, submit(&a, VersionVector::default()));
+    let seen = n.version(&fpr);
+    let replace = |base: VersionVector| Op::Replace {
+        cert: a.clone(),
+        base,
+        if_match: None,
+        limits: pgp::Limits::default(),
+    };
+    // The delete (time 101) is applied before the replace proposed earlier (time 100).
+    n.apply(3, 101, delete(&fpr, seen.clone(), None));
+    assert!(n.store.get_cert(&fpr).unwrap().is_none());
+    let o = n.apply(2, 100, replace(seen.clone()));
+    assert!(matches!(o, ApplyOutcome::Conflict { .. }), "{o:?}");
+    assert!(
+        n.store.get_cert(&fpr).unwrap().is_none(),
+        "the later delete stands"
+    );
+    // A replace proposed after the delete (time 102), from the same stale base, wins.
+    let o = n.apply(2, 102, replace(seen));
+    assert!(matches!(o, ApplyOutcome::Conflict { .. }), "{o:?}");
+    assert!(
+        n.store.get_cert(&fpr).unwrap().is_some(),
+        "the later replace wins"
+    );
+}
