@@ -113,7 +113,7 @@ pub enum Command {
         /// HKP address of the node.
         #[arg(long, default_value = "127.0.0.1:11371")]
         server: String,
-        /// Certificates per batch (one Raft entry each).
+        /// Certificates per batch (one Raft entry each; at most 10,000).
         #[arg(long, default_value_t = 200)]
         batch: usize,
         /// Maximum bytes per batch.
@@ -225,7 +225,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             batch_bytes,
             quiet,
             files,
-        } => import(&server, batch.max(1), batch_bytes, quiet, &files),
+        } => import(
+            &server,
+            batch.clamp(1, crate::pgp::MAX_SUBMISSION_ITEMS),
+            batch_bytes,
+            quiet,
+            &files,
+        ),
         Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
         Command::Cert { action } => cert(action),
         Command::FaultDropCert {

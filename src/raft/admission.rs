@@ -56,7 +56,7 @@ pub struct JoinOutcome {
 }
 
 /// Who may join and how many voters the cluster keeps.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Admission {
     /// The secret joiners must present; `None` admits anyone who can reach the listener.
     secret: Option<String>,
@@ -66,6 +66,16 @@ pub struct Admission {
     /// while another is uncommitted, so two joins arriving together (add learner, promote)
     /// would otherwise leave the second joiner a learner.
     changes: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Admission {
+    /// Without the secret: only whether there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("max_voters", &self.max_voters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Admission {
@@ -401,6 +411,17 @@ mod tests {
     use super::*;
     use crate::raft::settings::RaftSettings;
     use crate::store::Store;
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let a = Admission::new(Some("hunter2-cluster-secret".into()), 5);
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redacted") && shown.contains("max_voters: 5"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_forwarded_error_keeps_its_kind() {
