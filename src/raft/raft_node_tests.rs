@@ -321,3 +321,68 @@ async fn a_read_that_an_install_overlaps_is_refused_whatever_it_found() {
     assert_eq!(keys.read_consistently(|| Ok::<_, RaftError>(7)).unwrap(), 7);
     raft.shutdown().await;
 }
+
+/// A snapshot build makes the state it covers durable: after a crash (a real one: this test
+/// runs itself as a child process that aborts, as with `kill -9`) right after a build, the
+/// node re-applies its log at start-up instead of reinstalling the whole snapshot.
+#[test]
+fn a_crash_right_after_a_snapshot_build_does_not_reinstall_the_snapshot() {
+    const CHILD: &str = "KEYRAFT_TEST_SNAPSHOT_CRASH_CHILD";
+    let settings = RaftSettings {
+        snapshot_logs_since_last: 5,
+        ..RaftSettings::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(dir) = std::env::var_os(CHILD) {
+        rt.block_on(async {
+            let node = start(std::path::Path::new(&dir), settings.clone()).await;
+            node.initialize_if_fresh().await.unwrap();
+            wait_leader(&node).await;
+            for i in 0..7u128 {
+                node.write(delete(300 + i, "AB")).await.unwrap();
+            }
+            node.inner
+                .raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.snapshot.is_some(), "a snapshot")
+                .await
+                .unwrap();
+            std::process::abort();
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "raft::raft_node::tests::a_crash_right_after_a_snapshot_build_does_not_reinstall_the_snapshot",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the child aborts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt.block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let node = RaftNode::start(store.clone(), 1, me(), settings)
+            .await
+            .unwrap();
+        wait_leader(&node).await;
+        let st = node.status();
+        assert!(st.snapshot_index.is_some(), "{st:?}");
+        assert!(st.applied_index >= Some(7), "{st:?}");
+        assert_eq!(
+            store.install_epoch(),
+            0,
+            "the state the snapshot covers was on disk: no install at start-up"
+        );
+        node.shutdown().await;
+    });
+}

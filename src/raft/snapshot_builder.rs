@@ -45,6 +45,12 @@ fn build(store: &Store, files: &SnapshotFiles) -> io::Result<(SnapshotMeta, File
         file.sync_all()?;
         sm_meta
     };
+    // The state machine is written without a WAL and flushed when writes pause (at most a
+    // minute apart under load). Flushed now, its durable state covers the snapshot before the
+    // snapshot is published: at a restart after kill -9 openraft re-applies the log after it
+    // instead of reinstalling the whole snapshot (which it does when the durable last-applied
+    // is behind the current snapshot).
+    store.flush().map_err(io::Error::other)?;
     let meta = SnapshotMeta {
         last_log_id: meta::sm_from_map::<LastAppliedKey>(&sm_meta)?,
         last_membership: meta::sm_from_map::<MembershipKey>(&sm_meta)?.unwrap_or_default(),

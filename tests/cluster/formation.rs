@@ -61,8 +61,7 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
     tracing_phase(
         "appends reach n2 over pipelined streams (heartbeats unary), n3 over unary calls",
     );
-    let sync = n1.json("/cluster/sync/status").unwrap();
-    let path = |id: u64| {
+    let path = |sync: &serde_json::Value, id: u64| {
         sync["members"]
             .as_array()
             .unwrap()
@@ -71,10 +70,17 @@ fn three_nodes_form_by_join_forward_writes_survive_leader_kill9_and_catch_up() {
             .map(|m| m["appends"].clone())
             .unwrap()
     };
-    let (to_n2, to_n3) = (path(n2.id()), path(n3.id()));
+    let (n2_id, n3_id) = (n2.id(), n3.id());
+    // Heartbeats (a stream of one request each, from openraft) go as unary calls; openraft
+    // sends them only while replication to that node is idle, so wait (bounded) for one.
+    let sync = poll(Duration::from_secs(20), || {
+        let sync = n1.json("/cluster/sync/status")?;
+        (path(&sync, n2_id)["heartbeats_unary"].as_u64()? > 0).then_some(sync)
+    })
+    .unwrap_or_else(|| n1.json("/cluster/sync/status").unwrap());
+    let (to_n2, to_n3) = (path(&sync, n2_id), path(&sync, n3_id));
     assert_eq!(to_n2["transport"], "stream", "{sync}");
     assert!(to_n2["requests_streamed"].as_u64().unwrap() > 0, "{sync}");
-    // Heartbeats (a stream of one request each, from openraft) go as unary calls.
     assert!(to_n2["heartbeats_unary"].as_u64().unwrap() > 0, "{sync}");
     assert_eq!(to_n3["transport"], "unary", "{sync}");
 
