@@ -40,17 +40,21 @@ pub(super) fn public(c: &Cert) -> Vec<u8> {
     c.to_vec().unwrap()
 }
 
-/// `n` third-party certifications of `target`'s first user id, one second apart.
-pub(super) fn flood(target: &Cert, n: usize) -> Cert {
-    let signer = gen("Flooder <flood@example.org>");
-    let mut keypair = signer
-        .primary_key()
+/// A signer with `cert`'s primary key (which must hold its secret).
+fn primary_signer(cert: &Cert) -> sequoia_openpgp::crypto::KeyPair {
+    cert.primary_key()
         .key()
         .clone()
         .parts_into_secret()
         .unwrap()
         .into_keypair()
-        .unwrap();
+        .unwrap()
+}
+
+/// `n` third-party certifications of `target`'s first user id, one second apart.
+pub(super) fn flood(target: &Cert, n: usize) -> Cert {
+    let signer = gen("Flooder <flood@example.org>");
+    let mut keypair = primary_signer(&signer);
     let uid = target.userids().next().unwrap().userid().clone();
     let pk = target.primary_key().key();
     let mut sigs: Vec<Packet> = Vec::new();
@@ -236,14 +240,7 @@ fn merge_is_union_and_keeps_revocations() {
     let rev = c.clone().insert_packets(
         // A self-revocation of the certificate.
         std::iter::once(Packet::from({
-            let mut kp = c
-                .primary_key()
-                .key()
-                .clone()
-                .parts_into_secret()
-                .unwrap()
-                .into_keypair()
-                .unwrap();
+            let mut kp = primary_signer(&c);
             CertRevocationBuilder::new()
                 .set_reason_for_revocation(
                     sequoia_openpgp::types::ReasonForRevocation::KeyCompromised,
@@ -416,14 +413,7 @@ fn debian_keyrings_ingest_or_are_rejected_with_a_reason() {
 fn user_ids_with_only_a_self_revocation_are_kept_and_listed_revoked() {
     let c = gen("Alice <alice@example.org>");
     let uid = UserID::from("Old <old@example.org>");
-    let mut kp = c
-        .primary_key()
-        .key()
-        .clone()
-        .parts_into_secret()
-        .unwrap()
-        .into_keypair()
-        .unwrap();
+    let mut kp = primary_signer(&c);
     let rev = UserIDRevocationBuilder::new()
         .set_reason_for_revocation(
             sequoia_openpgp::types::ReasonForRevocation::UIDRetired,
@@ -488,14 +478,7 @@ fn the_policy_judges_algorithms_at_the_given_time_not_the_wall_clock() {
         .add_signing_subkey()
         .generate()
         .unwrap();
-    let mut signer = cert
-        .primary_key()
-        .key()
-        .clone()
-        .parts_into_secret()
-        .unwrap()
-        .into_keypair()
-        .unwrap();
+    let mut signer = primary_signer(&cert);
     let sig = SignatureBuilder::new(SignatureType::Binary)
         .set_hash_algo(HashAlgorithm::MD5)
         .set_signature_creation_time(UNIX_EPOCH + Duration::from_secs(790_000_000))
