@@ -7,7 +7,9 @@
 //! - it is not still joining (a fresh node with `--join` serves HTTP while it asks to be
 //!   admitted);
 //! - Raft has a leader and this node has applied what it knows committed;
-//! - on a leader, a quorum acknowledged it recently;
+//! - on a leader, a quorum acknowledged it recently; on any other member, the leader's appends
+//!   or heartbeats arrived within the last 3 s, and at least once since this process started
+//!   (a follower cut off by a partition, or restarted and not caught up, may serve stale reads);
 //! - it is not a learner while the routing settings say `learners_serve_reads: false`;
 //! - its routing weight is not 0 (an operator drained it).
 //!
@@ -55,6 +57,12 @@ pub(super) fn readiness(state: &AppState) -> Result<Readiness, ApiError> {
         return Ok(NotReady(
             "not ready: this leader has no recent quorum acknowledgement".into(),
         ));
+    }
+    if status.leader_silent() {
+        return Ok(NotReady(match status.millis_since_leader_heard {
+            Some(ms) => format!("not ready: no word from the leader for {ms} ms"),
+            None => "not ready: not heard from a leader since this node started".into(),
+        }));
     }
     if !raft.has_leader_and_applied() {
         return Ok(NotReady(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 use openraft::errors::{NetworkError, RPCError, Timeout, Unreachable};
-use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
 use openraft::RPCTypes;
 use tokio::time::Instant;
 
@@ -219,9 +219,13 @@ impl RaftNode {
                 std::future::ready(r.is_ok())
             })
             .filter_map(|r| std::future::ready(r.ok()));
+        let node = self.clone();
         self.openraft()
             .stream_append(requests)
-            .map(|r| {
+            .map(move |r| {
+                if matches!(r, Ok(Ok(_)) | Ok(Err(StreamAppendError::Conflict(_)))) {
+                    node.note_leader_heard();
+                }
                 let reply: Reply<StreamAppendResult<TypeConfig>> = r.map_err(|f| f.to_string());
                 codec::encode(&reply).unwrap_or_default()
             })

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::InitializeError;
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+};
 use openraft::ReadPolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -54,6 +56,9 @@ struct Inner {
     start_term: u64,
     /// Serialises `initialize_if_fresh` so two callers cannot both initialise.
     init_lock: tokio::sync::Mutex<()>,
+    /// When this node last accepted an append (heartbeats included) from a leader, since this
+    /// process started; `None` until the first. Node-local, for `/ready`.
+    leader_heard: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> RaftError {
@@ -108,6 +113,7 @@ impl RaftNode {
                 metrics,
                 start_term,
                 init_lock: tokio::sync::Mutex::new(()),
+                leader_heard: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -253,12 +259,34 @@ impl RaftNode {
 
     /// This node's raft state, from the latest metrics.
     pub fn status(&self) -> NodeStatus {
-        NodeStatus::from_metrics(&self.inner.raft.metrics().borrow_watched())
+        let mut status = NodeStatus::from_metrics(&self.inner.raft.metrics().borrow_watched());
+        status.millis_since_leader_heard =
+            self.leader_heard().map(|t| t.elapsed().as_millis() as u64);
+        status
     }
 
     /// For `/ready`: a leader is known and this node has applied all it knows to be committed.
     pub fn has_leader_and_applied(&self) -> bool {
         NodeStatus::is_ready(&self.inner.raft.metrics().borrow_watched())
+    }
+
+    /// When this node last accepted an append from a leader since it started (`None`: never).
+    fn leader_heard(&self) -> Option<std::time::Instant> {
+        *self
+            .inner
+            .leader_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record that a leader's append (or heartbeat) was just accepted: not refused for a
+    /// higher vote here, whether or not its entries matched the local log.
+    pub(super) fn note_leader_heard(&self) {
+        *self
+            .inner
+            .leader_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
     }
 
     /// Wait until this node has applied the entry at `index` (e.g. to read one's own write on a
@@ -279,7 +307,14 @@ impl RaftNode {
         match rpc {
             RaftRpc::Append => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(body)?;
-                encode(&reply(raft.append_entries(req).await))
+                let resp = raft.append_entries(req).await;
+                if resp
+                    .as_ref()
+                    .is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.note_leader_heard();
+                }
+                encode(&reply(resp))
             }
             RaftRpc::Vote => {
                 let req: VoteRequest<TypeConfig> = decode(body)?;

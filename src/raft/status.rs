@@ -45,6 +45,12 @@ pub struct NodeStatus {
     /// On the leader: milliseconds since each member last acknowledged a heartbeat or an
     /// append (`None`: not since this node became leader).
     pub millis_since_heartbeat: BTreeMap<NodeId, Option<u64>>,
+    /// Milliseconds since this node last accepted an append or heartbeat from a leader (`None`:
+    /// not since this process started). Node-local: [`RaftNode::status`] fills it in.
+    ///
+    /// [`RaftNode::status`]: crate::raft::RaftNode::status
+    #[serde(default)]
+    pub millis_since_leader_heard: Option<u64>,
 }
 
 impl NodeStatus {
@@ -92,6 +98,7 @@ impl NodeStatus {
                         .collect()
                 })
                 .unwrap_or_default(),
+            millis_since_leader_heard: None,
         }
     }
 
@@ -171,7 +178,22 @@ impl NodeStatus {
                 .millis_since_quorum_ack
                 .is_none_or(|ms| ms > QUORUM_ACK_MAX_MS)
     }
+
+    /// A member other than the leader that has not heard from a leader for
+    /// [`LEADER_SILENT_MAX_MS`], or not at all since it started: its replica may be behind what
+    /// the cluster has acknowledged (cut off by a partition, or restarted and not yet caught up).
+    /// A single-voter cluster's only member is its own leader and never silent.
+    pub fn leader_silent(&self) -> bool {
+        self.state != "Leader"
+            && self
+                .millis_since_leader_heard
+                .is_none_or(|ms| ms > LEADER_SILENT_MAX_MS)
+    }
 }
+
+/// Longest time a healthy follower or learner goes without hearing from the leader (heartbeats
+/// come every 100 ms by default).
+pub const LEADER_SILENT_MAX_MS: u64 = 3_000;
 
 /// A member that has not acknowledged the leader for this long counts as unreachable
 /// (`/cluster/nodes`, and for promotion).
@@ -206,7 +228,28 @@ mod tests {
             millis_since_quorum_ack: Some(10),
             matched: learners.iter().map(|l| (l.0, l.1)).collect(),
             millis_since_heartbeat: learners.iter().map(|l| (l.0, l.2)).collect(),
+            millis_since_leader_heard: None,
         }
+    }
+
+    #[test]
+    fn a_follower_is_silent_until_it_hears_from_a_leader_and_again_after_the_bound() {
+        let mut s = leader_with(&[]);
+        assert!(!s.leader_silent(), "a leader never waits for itself");
+        s.state = "Follower".into();
+        s.leader = Some(2);
+        assert!(
+            s.leader_silent(),
+            "restarted, a leader known, not heard yet"
+        );
+        s.millis_since_leader_heard = Some(120);
+        assert!(!s.leader_silent());
+        s.millis_since_leader_heard = Some(LEADER_SILENT_MAX_MS + 1);
+        assert!(s.leader_silent(), "cut off from the leader");
+        s.state = "Learner".into();
+        assert!(s.leader_silent());
+        s.millis_since_leader_heard = Some(5);
+        assert!(!s.leader_silent());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (listener and source address), so iptables can cut one off while its HKP listener on
 //! 127.0.0.1 stays reachable. The isolated leader is replaced, the majority takes writes, a
 //! write on the isolated node is answered 503, and after healing all replicas are identical.
+//! A follower restarted while cut off from the leader answers `/ready` 503 until it hears from
+//! it.
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
@@ -81,7 +83,7 @@ fn isolated_leader_is_replaced_refuses_writes_and_converges_after_healing() {
     let certs = debian_certs(4);
     let ip = test_ip;
     let names = ["n1", "n2", "n3"];
-    let members: Vec<Member> = {
+    let mut members: Vec<Member> = {
         let first = t
             .spec(names[0])
             .raft_ip(ip(11))
@@ -200,6 +202,34 @@ fn isolated_leader_is_replaced_refuses_writes_and_converges_after_healing() {
     for (m, e) in all.iter().zip(&exports) {
         assert!(e == &exports[0], "{} differs from {}", m.name, all[0].name);
     }
+
+    tracing_phase("a follower restarted while cut off is not ready until it hears the leader");
+    let f = (leader_of(&all) + 1) % 3;
+    drop(all);
+    let follower = &mut members[f];
+    follower.kill9();
+    let mut cut = Rules::isolate(follower.raft.ip());
+    follower.spawn();
+    // Its saved vote names the leader and it has applied all it saved, but it has not heard
+    // from the leader: for 4 s (past an election timeout) every answer is 503.
+    let mut answers = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        if let Some(r) = follower.get("/ready") {
+            answers += 1;
+            assert_eq!(
+                r.status,
+                503,
+                "{} while cut off: {}",
+                follower.name,
+                r.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answers > 0, "{} answered over HTTP", follower.name);
+    cut.heal();
+    follower.wait_ready();
 }
 
 #[test]
