@@ -11,7 +11,7 @@ use super::cluster_admin::{authorize, parse};
 use super::error::ApiError;
 use super::query::pairs;
 use super::AppState;
-use crate::raft::{AuditFilter, ConflictFilter, Op, Policies};
+use crate::raft::{AuditCursor, AuditFilter, ConflictFilter, Op, Policies};
 
 /// Largest page.
 const MAX_LIMIT: usize = 1000;
@@ -50,11 +50,8 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         before: number(&q, "before")?,
         limit: limit(&q)?,
     };
-    let items = state.keys.conflicts(&f)?;
-    let next = (items.len() == f.limit)
-        .then(|| items.last().map(|c| c.id))
-        .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "conflicts": items, "next_before": next })))
+    let page = state.keys.conflicts(&f)?;
+    Ok(HttpResponse::Ok().json(json!({ "conflicts": page.items, "next_before": page.next })))
 }
 
 fn conflict_id(path: &str) -> Result<u64, ApiError> {
@@ -104,6 +101,7 @@ pub async fn resolve(
         id,
         choose: b.choose,
         note: b.note,
+        limits: Some(state.settings.limits),
     };
     let (outcomes, index) = state.keys.propose(op, &actor).await?;
     match outcomes.first() {
@@ -156,26 +154,38 @@ pub async fn set_policies(
         .json(json!({ "policies": policies, "log_index": index })))
 }
 
-/// `GET /cluster/audit?from=INDEX&fingerprint=&action=&limit=[&format=jsonl]`, in log order.
+/// `GET /cluster/audit?from=INDEX[.SEQ]&fingerprint=&action=&limit=[&format=jsonl]`, in log
+/// order. The next page starts at `next_from` (JSON) or the `X-Keyraft-Next-From` header; both
+/// are absent at the end of the trail.
 pub async fn audit(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
     let q = query(&req);
     let f = AuditFilter {
-        from: number(&q, "from")?.unwrap_or(0),
+        from: get(&q, "from")
+            .map(|v| {
+                AuditCursor::parse(v).ok_or_else(|| {
+                    ApiError::BadRequest("from must be INDEX or INDEX.SEQ (numbers)".into())
+                })
+            })
+            .transpose()?
+            .unwrap_or_default(),
         fingerprint: get(&q, "fingerprint").map(|s| s.trim_start_matches("0x").to_uppercase()),
         action: get(&q, "action").map(str::to_string),
         limit: limit(&q)?,
     };
-    let entries = state.keys.audit(&f)?;
+    let page = state.keys.audit(&f)?;
+    let mut resp = HttpResponse::Ok();
+    if let Some(next) = page.next {
+        resp.insert_header(("X-Keyraft-Next-From", next.to_string()));
+    }
     if get(&q, "format") == Some("jsonl") {
         let mut out = String::new();
-        for e in &entries {
+        for e in &page.items {
             out.push_str(&serde_json::to_string(e).map_err(|e| ApiError::Internal(e.to_string()))?);
             out.push('\n');
         }
-        return Ok(HttpResponse::Ok()
-            .content_type("application/x-ndjson")
-            .body(out));
+        return Ok(resp.content_type("application/x-ndjson").body(out));
     }
-    Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
+    let next = page.next.map(|c| c.to_string());
+    Ok(resp.json(json!({ "entries": page.items, "next_from": next })))
 }

@@ -136,8 +136,14 @@ fn apply_once(batch: &mut ApplyBatch, c: &CommandV1, index: u64) -> Result<Respo
             ctx.audit_line(batch, "routing", None, line);
             outcomes.push(o);
         }
-        Op::Resolve { id, choose, note } => {
-            let o = super::apply_admin::apply_resolve(batch, &mut ctx, *id, choose, note)?;
+        Op::Resolve {
+            id,
+            choose,
+            note,
+            limits,
+        } => {
+            let limits = limits.unwrap_or_default();
+            let o = super::apply_admin::apply_resolve(batch, &mut ctx, *id, choose, note, &limits)?;
             ctx.audit(batch, "resolve", &o);
             outcomes.push(o);
         }

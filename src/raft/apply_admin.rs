@@ -212,6 +212,7 @@ pub(super) fn apply_resolve(
     id: u64,
     choose: &str,
     note: &str,
+    limits: &pgp::Limits,
 ) -> Result<ApplyOutcome, StoreError> {
     let Some(mut c) = records::conflict(batch, id)? else {
         return Ok(ApplyOutcome::Rejected {
@@ -232,9 +233,16 @@ pub(super) fn apply_resolve(
     let fpr = fpr.0;
     let stored = batch.get_cert(&fpr)?;
     let current_version = version_or_tombstone(batch, &fpr, stored.as_ref())?;
+    if choose == "incoming" && current_version != c.current.version {
+        // `incoming` replaces what is stored; what changed after the conflict (a revocation
+        // merged in since, say) would be lost without the operator having seen it.
+        return Ok(rejected(format!(
+            "the certificate changed after conflict {id} was recorded; look at it again, or \
+             choose merge"
+        )));
+    }
     let version = ctx.next_version(&current_version, Some(&c.incoming.version));
     let created = stored.as_ref().map(|r| r.created_at);
-    let limits = pgp::Limits::default();
     match (choose, &c.incoming.cert) {
         ("current", _) => {}
         ("incoming", None) | ("merge", None) => {
@@ -253,7 +261,7 @@ pub(super) fn apply_resolve(
             } else {
                 None
             };
-            match merged_row(base, incoming, &limits, ctx.c.time) {
+            match merged_row(base, incoming, limits, ctx.c.time) {
                 Ok(Some(row)) => store_cert(batch, ctx, row, created, version)?,
                 Ok(None) => {}
                 Err(e) => return Ok(rejected(e.to_string())),

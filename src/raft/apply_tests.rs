@@ -134,89 +134,6 @@ fn set(n: &mut Node, p: Policies) {
 }
 
 #[test]
-fn concurrent_uploads_merge_and_the_race_is_recorded() {
-    let mut n = Node::new();
-    let (fpr, a, b) = two_versions();
-    assert!(matches!(
-        n.apply(1, 10, submit(&a, VersionVector::default())),
-        ApplyOutcome::New { .. }
-    ));
-    let v1 = n.version(&fpr);
-    assert_eq!(v1.get(1), 1);
-    // Node 2 validated `b` before it had seen node 1's write: its base is empty.
-    let o = n.apply(2, 11, submit(&b, VersionVector::default()));
-    let ApplyOutcome::Conflict { id, status, .. } = o else {
-        panic!("{o:?}")
-    };
-    assert_eq!(status, "resolved");
-    assert_eq!(n.uids(&fpr).len(), 2, "merge keeps both user ids");
-    let v2 = n.version(&fpr);
-    assert_eq!(v2.compare(&v1), crate::store::Causality::After);
-    assert_eq!(v2.get(2), 1);
-    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
-    assert_eq!((c.kind.as_str(), c.policy), ("add", Policy::Merge));
-    assert_eq!(c.current.origin, 1);
-    assert_eq!(c.incoming.origin, 2);
-    // A fresh write (base = current version) is no conflict.
-    let o = n.apply(2, 12, submit(&a, v2.clone()));
-    assert!(matches!(o, ApplyOutcome::Unchanged { .. }), "{o:?}");
-}
-
-#[test]
-fn manual_keeps_the_stored_version_until_an_operator_resolves() {
-    let mut n = Node::new();
-    set(
-        &mut n,
-        Policies {
-            add: Policy::Manual,
-            ..Policies::default()
-        },
-    );
-    let (fpr, a, b) = two_versions();
-    n.apply(1, 10, submit(&a, VersionVector::default()));
-    let o = n.apply(2, 11, submit(&b, VersionVector::default()));
-    let ApplyOutcome::Conflict { id, status, .. } = o else {
-        panic!("{o:?}")
-    };
-    assert_eq!(status, "open");
-    assert_eq!(
-        n.uids(&fpr),
-        vec!["Alice <alice@example.org>"],
-        "stored stays"
-    );
-    let o = n.apply(
-        3,
-        12,
-        Op::Resolve {
-            id,
-            choose: "merge".into(),
-            note: "both are hers".into(),
-        },
-    );
-    assert!(
-        matches!(o, ApplyOutcome::Resolved { id: i, .. } if i == id),
-        "{o:?}"
-    );
-    assert_eq!(n.uids(&fpr).len(), 2);
-    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
-    assert_eq!(c.status, "resolved");
-    assert_eq!(c.resolution.unwrap().note, "both are hers");
-    let again = n.apply(
-        3,
-        13,
-        Op::Resolve {
-            id,
-            choose: "current".into(),
-            note: String::new(),
-        },
-    );
-    assert!(
-        matches!(again, ApplyOutcome::Rejected { .. }),
-        "only open conflicts resolve"
-    );
-}
-
-#[test]
 fn a_stale_copy_cannot_resurrect_a_deleted_certificate() {
     let mut n = Node::new();
     let (fpr, a, b) = two_versions();
@@ -277,35 +194,6 @@ fn if_match_guards_admin_writes_and_reject_refuses_stale_ones() {
     );
     let o = n.apply(1, 13, delete(&fpr, v.clone(), Some(v.etag())));
     assert!(matches!(o, ApplyOutcome::Deleted { .. }), "{o:?}");
-}
-
-#[test]
-fn a_delete_racing_an_update_wins_by_default_and_records_the_update() {
-    let mut n = Node::new();
-    let (fpr, a, b) = two_versions();
-    n.apply(1, 10, submit(&a, VersionVector::default()));
-    let seen_by_admin = n.version(&fpr);
-    n.apply(2, 11, submit(&b, seen_by_admin.clone()));
-    let o = n.apply(1, 12, delete(&fpr, seen_by_admin, None));
-    let ApplyOutcome::Conflict {
-        id, status, policy, ..
-    } = o
-    else {
-        panic!("{o:?}")
-    };
-    assert_eq!(
-        (status.as_str(), policy),
-        ("resolved", Policy::LastWriterWins)
-    );
-    assert!(
-        n.store.get_cert(&fpr).unwrap().is_none(),
-        "the later delete wins"
-    );
-    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
-    assert!(
-        c.current.cert.is_some(),
-        "the update it overrode is kept in the record"
-    );
 }
 
 #[test]
@@ -380,53 +268,11 @@ fn apply_is_deterministic_and_audited() {
     let (n1, s1) = run();
     let (_n2, s2) = run();
     assert_eq!(s1, s2, "same log, same bytes");
-    let audit = records::scan_audit(&n1.store, 0, 100).unwrap();
+    let audit = records::scan_audit(&n1.store, Default::default(), 100).unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(actions, vec!["add", "add", "delete"]);
     assert_eq!(audit[1].actor, "test 2");
     assert!(audit[1].outcome.contains("conflict"), "{:?}", audit[1]);
-}
-
-#[test]
-fn a_replace_racing_an_upload_waits_for_an_operator_by_default() {
-    let mut n = Node::new();
-    let (fpr, a, b) = two_versions();
-    n.apply(1, 10, submit(&a, VersionVector::default()));
-    let seen_by_admin = n.version(&fpr);
-    // An upload lands between the administrator's read and the replace.
-    n.apply(2, 11, submit(&b, seen_by_admin.clone()));
-    let replace = |base: VersionVector| Op::Replace {
-        cert: a.clone(),
-        base,
-        if_match: None,
-        limits: pgp::Limits::default(),
-    };
-    let o = n.apply(1, 12, replace(seen_by_admin));
-    let ApplyOutcome::Conflict { id, status, .. } = o else {
-        panic!("{o:?}")
-    };
-    assert_eq!(status, "open");
-    assert_eq!(n.uids(&fpr).len(), 2, "the upload is not dropped silently");
-    let c = records::read_conflict(&n.store, id).unwrap().unwrap();
-    assert_eq!(c.kind, "replace");
-    n.apply(
-        3,
-        13,
-        Op::Resolve {
-            id,
-            choose: "incoming".into(),
-            note: String::new(),
-        },
-    );
-    assert_eq!(
-        n.uids(&fpr),
-        vec!["Alice <alice@example.org>"],
-        "the replace wins when chosen"
-    );
-    // A replace based on the current version applies at once.
-    let now = n.version(&fpr);
-    let o = n.apply(1, 14, replace(now));
-    assert!(matches!(o, ApplyOutcome::Replaced { .. }), "{o:?}");
 }
 
 #[test]
@@ -443,7 +289,7 @@ fn audit_retention_keeps_the_recent_entries() {
         let (_, a, _) = two_versions();
         n.apply(1, 10 + i, submit(&a, VersionVector::default()));
     }
-    let audit = records::scan_audit(&n.store, 0, 100).unwrap();
+    let audit = records::scan_audit(&n.store, Default::default(), 100).unwrap();
     let indexes: Vec<u64> = audit.iter().map(|e| e.index).collect();
     assert_eq!(indexes, vec![7, 8, 9], "the last three indexes stay");
 }
@@ -467,7 +313,7 @@ fn routing_changes_are_stored_audited_and_invalid_ones_rejected() {
     let o = n.apply(1, 11, Op::SetRouting { routing: bad });
     assert!(matches!(o, ApplyOutcome::Rejected { .. }), "{o:?}");
     assert_eq!(records::read_routing(&n.store).unwrap(), r, "unchanged");
-    let audit = records::scan_audit(&n.store, 0, 100).unwrap();
+    let audit = records::scan_audit(&n.store, Default::default(), 100).unwrap();
     let lines: Vec<(&str, &str)> = audit
         .iter()
         .map(|e| (e.action.as_str(), e.outcome.as_str()))
@@ -600,3 +446,6 @@ fn a_last_writer_wins_replace_older_than_a_delete_stays_deleted() {
         "the later replace wins"
     );
 }
+
+#[path = "apply_conflict_tests.rs"]
+mod conflicts;

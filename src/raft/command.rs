@@ -86,6 +86,9 @@ pub enum Op {
         id: u64,
         choose: String,
         note: String,
+        /// The proposer's limits for the merge (absent in older commands: the built-in ones).
+        #[serde(default)]
+        limits: Option<crate::pgp::Limits>,
     },
     /// Record in the audit trail a request this node refused before it became a write (a
     /// refused join, a replayed admin signature); the command's actor says who asked.

@@ -65,7 +65,7 @@ pub mod wire;
 
 pub use admission::{Admission, JoinOutcome, JoinSpec};
 pub use command::{Command, Op, Response};
-pub use conflicts::{AuditFilter, ConflictDetail, ConflictFilter};
+pub use conflicts::{AuditFilter, ConflictDetail, ConflictFilter, Page};
 pub use digest::StateDigest;
 pub use error::RaftError;
 pub use forward::{ForwardFuture, LeaderForwarder};
@@ -75,7 +75,7 @@ pub use keys::{
 };
 pub use membership::Member;
 pub use raft_node::RaftNode;
-pub use records::{Policies, Policy};
+pub use records::{AuditCursor, Policies, Policy};
 pub use removal::Removal;
 pub use replay::SignedUse;
 pub use routing::{Consistency, Routing};

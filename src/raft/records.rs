@@ -261,11 +261,60 @@ pub fn prune_audit(batch: &mut ApplyBatch, index: u64, keep: u64) -> Result<(), 
 }
 
 /// Audit entries in log order from index `from` (inclusive), up to `limit`.
-pub fn scan_audit(store: &Store, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-    let key = [&from.to_be_bytes()[..], &0u16.to_be_bytes()].concat();
+pub fn scan_audit(
+    store: &Store,
+    from: AuditCursor,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
     store
-        .scan(Table::Audit, Some(&key), false, limit)?
+        .scan(Table::Audit, Some(&from.key()), false, limit)?
         .iter()
         .map(|(_, v)| dec("audit", v))
         .collect()
+}
+
+/// A position in the audit trail: log index and sequence within it (one write may leave many
+/// entries at one index). Written `INDEX` or `INDEX.SEQ`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditCursor {
+    pub index: u64,
+    pub seq: u16,
+}
+
+impl AuditCursor {
+    fn key(self) -> [u8; 10] {
+        let mut k = [0u8; 10];
+        k[..8].copy_from_slice(&self.index.to_be_bytes());
+        k[8..].copy_from_slice(&self.seq.to_be_bytes());
+        k
+    }
+
+    /// The position right after `e`.
+    pub fn after(e: &AuditEntry) -> AuditCursor {
+        match e.seq.checked_add(1) {
+            Some(seq) => AuditCursor {
+                index: e.index,
+                seq,
+            },
+            None => AuditCursor {
+                index: e.index.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+
+    /// Parse `INDEX` or `INDEX.SEQ`.
+    pub fn parse(s: &str) -> Option<AuditCursor> {
+        let (index, seq) = s.split_once('.').unwrap_or((s, "0"));
+        Some(AuditCursor {
+            index: index.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for AuditCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.index, self.seq)
+    }
 }

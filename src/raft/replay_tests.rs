@@ -141,7 +141,7 @@ fn a_signature_is_used_once_and_its_replay_is_refused_and_audited() {
             .is_some(),
         "the replay changed nothing"
     );
-    let audit = records::scan_audit(&n.store, 0, 100).unwrap();
+    let audit = records::scan_audit(&n.store, Default::default(), 100).unwrap();
     let last = audit.last().unwrap();
     assert_eq!(
         (last.action.as_str(), last.outcome.as_str()),

@@ -412,4 +412,47 @@ fn signed_and_token_admin_writes_conflict_policies_and_the_audit_trail() {
         .as_str()
         .unwrap()
         .starts_with("hkp 127.0.0.1"));
+
+    eprintln!("--- paging through the trail, one entry at a time, with next_from");
+    // Three certificates in one submission: three entries at one log index.
+    let three: Vec<u8> = crate::common::debian_certs()
+        .into_iter()
+        .take(3)
+        .flat_map(|(_, c)| c)
+        .collect();
+    assert_eq!(node.post_keys(&three).unwrap().status, 200);
+    let whole: serde_json::Value = serde_json::from_slice(
+        &node
+            .get_as_admin("/cluster/audit?limit=1000", TOKEN)
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(whole["next_from"].is_null(), "one page holds it all");
+    let whole = whole["entries"].as_array().unwrap().clone();
+    let mut paged = Vec::new();
+    let mut from = "0".to_string();
+    for _ in 0..=whole.len() {
+        let r = node
+            .get_as_admin(&format!("/cluster/audit?limit=1&from={from}"), TOKEN)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        paged.extend(v["entries"].as_array().unwrap().iter().cloned());
+        match v["next_from"].as_str() {
+            Some(next) => {
+                assert_eq!(r.header("x-keyraft-next-from"), Some(next));
+                from = next.to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, whole, "pages of one entry add up to the whole trail");
+    let last = &whole[whole.len() - 1];
+    assert_eq!(
+        whole.iter().filter(|e| e["index"] == last["index"]).count(),
+        3,
+        "the three certificates of one submission: {last}"
+    );
+    let r = node.get_as_admin("/cluster/audit?from=1.x", TOKEN).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
 }
