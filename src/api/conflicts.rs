@@ -10,6 +10,7 @@ use serde_json::json;
 use super::cluster_admin::{authorize, parse};
 use super::error::ApiError;
 use super::query::pairs;
+use super::settings_write::read_modify_write;
 use super::AppState;
 use crate::raft::{AuditCursor, AuditFilter, ConflictFilter, Op, Policies};
 
@@ -135,20 +136,28 @@ pub async fn set_policies(
 ) -> Result<HttpResponse, ApiError> {
     let actor = authorize(&req, &state)?;
     let patch: serde_json::Map<String, serde_json::Value> = parse(&body)?;
-    let mut current = serde_json::to_value(state.keys.policies()?)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    for (k, v) in patch {
-        if current.get(&k).is_none() {
-            return Err(ApiError::BadRequest(format!("unknown policy kind {k:?}")));
-        }
-        current[&k] = v;
-    }
-    let policies: Policies = serde_json::from_value(current)
-        .map_err(|e| ApiError::BadRequest(format!("bad policy: {e}")))?;
-    let (_, index) = state
-        .keys
-        .propose(Op::SetPolicies { policies }, &actor)
-        .await?;
+    let (policies, _, index) = read_modify_write(
+        &state,
+        &actor,
+        |state| Ok(state.keys.policies()?),
+        |current| {
+            let mut current =
+                serde_json::to_value(current).map_err(|e| ApiError::Internal(e.to_string()))?;
+            for (k, v) in &patch {
+                if current.get(k).is_none() {
+                    return Err(ApiError::BadRequest(format!("unknown policy kind {k:?}")));
+                }
+                current[k] = v.clone();
+            }
+            serde_json::from_value::<Policies>(current)
+                .map_err(|e| ApiError::BadRequest(format!("bad policy: {e}")))
+        },
+        |policies, expect| Op::SetPolicies {
+            policies,
+            expect: Some(expect),
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("X-Keyraft-Log-Index", index.to_string()))
         .json(json!({ "policies": policies, "log_index": index })))

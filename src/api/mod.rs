@@ -24,6 +24,7 @@ pub mod rawtarget;
 pub mod repair;
 pub mod routing;
 pub mod server;
+mod settings_write;
 pub mod sync;
 
 use std::sync::Arc;

@@ -5,12 +5,14 @@
 //! current ones, the others stay; inside `weights` each name given is set, and `null` removes
 //! it (back to the default weight). Every value is checked here, and a bad one is answered 400
 //! with a one-line reason; a valid change is proposed as one Raft command, so every node uses
-//! it from that log index on.
+//! it from that log index on. Concurrent patches of different fields both take effect (see
+//! [`super::settings_write`]).
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::cluster_admin::{authorize, parse};
 use super::error::ApiError;
+use super::settings_write::read_modify_write;
 use super::AppState;
 use crate::raft::command::ApplyOutcome;
 use crate::raft::routing::MAX_WEIGHT;
@@ -30,23 +32,26 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let actor = authorize(&req, &state)?;
     let patch: Map<String, Value> = parse(&body)?;
-    let mut routing = state.keys.routing()?;
-    apply_patch(&mut routing, patch)?;
-    routing.validate().map_err(ApiError::BadRequest)?;
-    let (outcomes, index) = state
-        .keys
-        .propose(
-            Op::SetRouting {
-                routing: routing.clone(),
-            },
-            &actor,
-        )
-        .await?;
-    match outcomes.first() {
-        Some(ApplyOutcome::RoutingSet) => Ok(HttpResponse::Ok()
+    let (routing, outcome, index) = read_modify_write(
+        &state,
+        &actor,
+        |state| Ok(state.keys.routing()?),
+        |mut routing| {
+            apply_patch(&mut routing, patch.clone())?;
+            routing.validate().map_err(ApiError::BadRequest)?;
+            Ok(routing)
+        },
+        |routing, expect| Op::SetRouting {
+            routing,
+            expect: Some(expect),
+        },
+    )
+    .await?;
+    match outcome {
+        ApplyOutcome::RoutingSet => Ok(HttpResponse::Ok()
             .insert_header(("X-Keyraft-Log-Index", index.to_string()))
             .json(json!({ "routing": routing, "log_index": index }))),
-        Some(ApplyOutcome::Rejected { reason, .. }) => Err(ApiError::BadRequest(reason.clone())),
+        ApplyOutcome::Rejected { reason, .. } => Err(ApiError::BadRequest(reason)),
         other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
     }
 }

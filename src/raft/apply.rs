@@ -112,22 +112,42 @@ fn apply_once(batch: &mut ApplyBatch, c: &CommandV1, index: u64) -> Result<Respo
             ctx.audit(batch, "replace", &o);
             outcomes.push(o);
         }
-        Op::SetPolicies { policies } => {
-            records::set_policies(batch, policies);
-            let o = ApplyOutcome::PoliciesSet;
-            ctx.audit_line(batch, "policies", None, format!("{policies:?}"));
+        Op::SetPolicies { policies, expect } => {
+            let changed = match expect {
+                Some(e) => *e != records::policies(batch)?,
+                None => false,
+            };
+            let o = if changed {
+                settings_changed()
+            } else {
+                records::set_policies(batch, policies);
+                ApplyOutcome::PoliciesSet
+            };
+            let line = match &o {
+                ApplyOutcome::PoliciesSet => format!("{policies:?}"),
+                other => describe(other).1,
+            };
+            ctx.audit_line(batch, "policies", None, line);
             outcomes.push(o);
         }
-        Op::SetRouting { routing } => {
-            let o = match routing.validate() {
-                Ok(()) => {
-                    records::set_routing(batch, routing);
-                    ApplyOutcome::RoutingSet
+        Op::SetRouting { routing, expect } => {
+            let changed = match expect {
+                Some(e) => *e != records::routing(batch)?,
+                None => false,
+            };
+            let o = if changed {
+                settings_changed()
+            } else {
+                match routing.validate() {
+                    Ok(()) => {
+                        records::set_routing(batch, routing);
+                        ApplyOutcome::RoutingSet
+                    }
+                    Err(reason) => ApplyOutcome::Rejected {
+                        fingerprint: String::new(),
+                        reason,
+                    },
                 }
-                Err(reason) => ApplyOutcome::Rejected {
-                    fingerprint: String::new(),
-                    reason,
-                },
             };
             let line = match &o {
                 ApplyOutcome::RoutingSet => format!("{routing:?}"),
@@ -284,6 +304,14 @@ impl Ctx<'_> {
             policy,
             status: status.into(),
         }
+    }
+}
+
+/// A settings change refused: the settings it was based on are no longer in force.
+fn settings_changed() -> ApplyOutcome {
+    ApplyOutcome::Rejected {
+        fingerprint: String::new(),
+        reason: super::command::SETTINGS_CHANGED.into(),
     }
 }
 

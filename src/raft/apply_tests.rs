@@ -128,7 +128,14 @@ fn delete(fpr: &[u8], base: VersionVector, if_match: Option<String>) -> Op {
 
 fn set(n: &mut Node, p: Policies) {
     assert_eq!(
-        n.apply(9, 1, Op::SetPolicies { policies: p }),
+        n.apply(
+            9,
+            1,
+            Op::SetPolicies {
+                policies: p,
+                expect: None
+            }
+        ),
         ApplyOutcome::PoliciesSet
     );
 }
@@ -295,7 +302,7 @@ fn audit_retention_keeps_the_recent_entries() {
 }
 
 #[test]
-fn routing_changes_are_stored_audited_and_invalid_ones_rejected() {
+fn routing_changes_are_stored_audited_and_invalid_or_stale_ones_rejected() {
     use crate::raft::routing::{Consistency, Routing};
     let mut n = Node::new();
     assert_eq!(records::read_routing(&n.store).unwrap(), Routing::default());
@@ -305,21 +312,77 @@ fn routing_changes_are_stored_audited_and_invalid_ones_rejected() {
         ..Routing::default()
     };
     r.weights.insert("n2".into(), 0);
-    let o = n.apply(1, 10, Op::SetRouting { routing: r.clone() });
+    let o = n.apply(
+        1,
+        10,
+        Op::SetRouting {
+            routing: r.clone(),
+            expect: Some(Routing::default()),
+        },
+    );
     assert_eq!(o, ApplyOutcome::RoutingSet);
     assert_eq!(records::read_routing(&n.store).unwrap(), r);
     let mut bad = r.clone();
     bad.weights.insert("n3".into(), 300);
-    let o = n.apply(1, 11, Op::SetRouting { routing: bad });
+    let o = n.apply(
+        1,
+        11,
+        Op::SetRouting {
+            routing: bad,
+            expect: None,
+        },
+    );
     assert!(matches!(o, ApplyOutcome::Rejected { .. }), "{o:?}");
     assert_eq!(records::read_routing(&n.store).unwrap(), r, "unchanged");
+    // A change based on settings no longer in force (read before the first change) is not
+    // applied: it would undo the first.
+    let stale = Routing {
+        learners_serve_reads: false,
+        ..Routing::default()
+    };
+    let o = n.apply(
+        2,
+        12,
+        Op::SetRouting {
+            routing: stale.clone(),
+            expect: Some(Routing::default()),
+        },
+    );
+    assert_eq!(
+        o,
+        ApplyOutcome::Rejected {
+            fingerprint: String::new(),
+            reason: crate::raft::command::SETTINGS_CHANGED.into()
+        }
+    );
+    assert_eq!(records::read_routing(&n.store).unwrap(), r, "unchanged");
+    let policies = Policies {
+        add: Policy::Reject,
+        ..Policies::default()
+    };
+    let o = n.apply(
+        2,
+        13,
+        Op::SetPolicies {
+            policies,
+            expect: Some(Policies {
+                add: Policy::Manual,
+                ..Policies::default()
+            }),
+        },
+    );
+    assert!(matches!(o, ApplyOutcome::Rejected { .. }), "{o:?}");
+    assert_eq!(
+        records::read_policies(&n.store).unwrap(),
+        Policies::default()
+    );
     let audit = records::scan_audit(&n.store, Default::default(), 100).unwrap();
     let lines: Vec<(&str, &str)> = audit
         .iter()
         .map(|e| (e.action.as_str(), e.outcome.as_str()))
         .collect();
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines.iter().all(|(a, _)| *a == "routing"), "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[..3].iter().all(|(a, _)| *a == "routing"), "{lines:?}");
     assert!(lines[0].1.contains("Linearizable"), "{lines:?}");
     assert!(lines[1].1.starts_with("rejected: "), "{lines:?}");
 }

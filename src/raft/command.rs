@@ -80,7 +80,14 @@ pub enum Op {
         limits: crate::pgp::Limits,
     },
     /// Change the conflict policies from this log index on.
-    SetPolicies { policies: Policies },
+    SetPolicies {
+        policies: Policies,
+        /// The policies the proposer changed: if others are in force when this applies (a
+        /// concurrent change), nothing changes and the outcome is
+        /// [`SETTINGS_CHANGED`]. Absent in older commands: unconditional.
+        #[serde(default)]
+        expect: Option<Policies>,
+    },
     /// Settle conflict `id`: `current`, `incoming` or `merge`.
     Resolve {
         id: u64,
@@ -109,8 +116,17 @@ pub enum Op {
     Checkpoint,
     /// Replace the routing settings (read consistency, learners, weights) from this log
     /// index on. Added after `Resolve`; a node older than this variant cannot apply it.
-    SetRouting { routing: Routing },
+    SetRouting {
+        routing: Routing,
+        /// As for [`Op::SetPolicies`]: the settings the proposer changed.
+        #[serde(default)]
+        expect: Option<Routing>,
+    },
 }
+
+/// The reason of a settings change refused because the settings it was based on are no
+/// longer in force: the proposer reads them again and retries.
+pub const SETTINGS_CHANGED: &str = "the settings changed since they were read";
 
 impl Command {
     /// Roughly how many bytes the command carries (its certificates), for sizing batches.

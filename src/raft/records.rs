@@ -169,6 +169,13 @@ pub fn set_routing(batch: &mut ApplyBatch, r: &Routing) {
     batch.set_sm_meta(ROUTING_KEY, enc(r));
 }
 
+/// The routing settings in force (in the batch).
+pub fn routing(batch: &ApplyBatch) -> Result<Routing, StoreError> {
+    batch
+        .get_sm_meta(ROUTING_KEY)?
+        .map_or(Ok(Routing::default()), |b| dec("sm_meta", &b))
+}
+
 /// The committed routing settings (the defaults until an operator sets some).
 pub fn read_routing(store: &Store) -> Result<Routing, StoreError> {
     store

@@ -3,7 +3,8 @@
 //! still serves lookups; a weight reaches `/ready`, weight 0 drains a voter; `/cluster/load`
 //! with `scope=cluster` gathers every member; linearizable reads by default work on a follower
 //! and a learner (they ask the leader for a read index) and see a write acknowledged just
-//! before; a node that joins after the log was compacted gets the settings from the snapshot.
+//! before; concurrent changes through two nodes both take effect; a node that joins after the
+//! log was compacted gets the settings from the snapshot.
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,16 +14,23 @@ use crate::harness::*;
 const TOKEN: &str = "admin-token-for-tests";
 
 fn put_routing(m: &Member, body: Value, token: Option<&str>) -> Response {
+    put_routing_to(m.http, body, token)
+}
+
+/// `PUT /cluster/routing` to the HTTP address `http`.
+fn put_routing_to(http: std::net::SocketAddr, body: Value, token: Option<&str>) -> Response {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
-    m.request(
+    keyraft::client::request(
+        http,
         "PUT",
         "/cluster/routing",
         &headers,
         body.to_string().as_bytes(),
+        Duration::from_secs(60),
     )
     .expect("an answer")
 }
@@ -145,6 +153,34 @@ fn routing_replicates_drains_learners_and_reaches_a_node_by_snapshot() {
             assert_eq!(r.status, 200, "write {i} read on {}: {}", m.name, r.text());
             assert_eq!(r.header("x-keyraft-consistency"), Some("linearizable"));
         }
+    }
+
+    tracing_phase("concurrent changes through a follower and the learner all take effect");
+    // Each PUT patches the settings its node holds; two nodes patching different weights at
+    // once must not undo each other.
+    std::thread::scope(|scope| {
+        for (http, prefix) in [(r2.http, "a"), (r3.http, "b")] {
+            scope.spawn(move || {
+                for i in 0..6 {
+                    let change = json!({ "weights": { format!("{prefix}{i}"): 7 } });
+                    let ok = put_routing_to(http, change, Some(TOKEN));
+                    assert_eq!(ok.status, 200, "{http}: {}", ok.text());
+                }
+            });
+        }
+    });
+    for prefix in ["a", "b"] {
+        for i in 0..6 {
+            want["weights"][format!("{prefix}{i}")] = json!(7);
+        }
+    }
+    for m in [r1, r2, r3] {
+        assert!(
+            routing_becomes(m, &want),
+            "{} routing: {:?}",
+            m.name,
+            m.json("/cluster/routing")
+        );
     }
 
     tracing_phase("enough writes to snapshot and compact past the routing entry");
