@@ -2,7 +2,8 @@
 //!
 //! Accepts `application/x-www-form-urlencoded` with a `keytext` field (gpg escapes every
 //! non-alphanumeric byte, sq does not escape `=`), or a raw armored/binary body with any
-//! other content type. Answers once the write is committed, fsynced and applied on this node,
+//! other content type; without a `Content-Type`, a body with a `keytext` field is a form and
+//! any other a raw body. Answers once the write is committed, fsynced and applied on this node,
 //! with a per-key summary: text, or JSON with `options=mr` or `Accept: application/json`.
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -41,13 +42,20 @@ pub async fn add(
     }
 }
 
+/// Whether the body is a form: by its media type (case does not matter), or, without a
+/// `Content-Type`, by a `keytext` field in it.
+fn is_form(req: &HttpRequest, body: &[u8]) -> bool {
+    match req.headers().get(header::CONTENT_TYPE) {
+        Some(v) => v.to_str().ok().is_some_and(|ct| {
+            let media = ct.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        }),
+        None => body.starts_with(b"keytext=") || body.windows(9).any(|w| w == b"&keytext="),
+    }
+}
+
 fn keytext(req: &HttpRequest, body: web::BytesMut) -> Result<Vec<u8>, ApiError> {
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    if !form {
+    if !is_form(req, &body) {
         return Ok(body.to_vec());
     }
     let text = std::str::from_utf8(&body)

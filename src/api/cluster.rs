@@ -119,11 +119,20 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// With `?index=N`: the digest taken at checkpoint entry N (see `/cluster/repair`), waiting
 /// up to 15 s for this node to apply it; 404 if this node did not apply that entry itself.
 pub async fn digest(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
-    q: web::Query<DigestQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let index = super::query::pairs(req.query_string())
+        .find(|(k, _)| k == "index")
+        .map(|(_, v)| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("index must be a number".into()))
+        })
+        .transpose()?;
     let raft = state.keys.raft();
-    match q.index {
+    match index {
         None => Ok(HttpResponse::Ok().json(raft.state_digest().await?)),
         Some(i) => match raft
             .checkpoint_digest(i, std::time::Duration::from_secs(15))
@@ -135,10 +144,4 @@ pub async fn digest(
             ))),
         },
     }
-}
-
-/// `?index=N` of `/cluster/digest`.
-#[derive(serde::Deserialize)]
-pub struct DigestQuery {
-    index: Option<u64>,
 }

@@ -39,6 +39,10 @@ pub enum ApiError {
     /// The body is over the configured limit.
     #[error("request body over the {0}-byte limit")]
     TooLarge(usize),
+    /// The submission is too big in another way: too many certificates, or every one over the
+    /// size cap.
+    #[error("{0}")]
+    SubmissionTooLarge(String),
     /// The submission was understood but refused (secret keys, no valid certificate...).
     #[error("{0}")]
     Unprocessable(String),
@@ -61,7 +65,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::SubmissionTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,7 +109,51 @@ impl From<SubmitError> for ApiError {
             SubmitError::Raft(r) => r.into(),
             SubmitError::SignatureUsed => ApiError::Conflict(e.to_string()),
             SubmitError::SignatureTime(_) => ApiError::Forbidden(e.to_string()),
+            ref e if e.too_large() => ApiError::SubmissionTooLarge(e.to_string()),
             other => ApiError::Unprocessable(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgp::PgpError;
+    use crate::raft::{ItemReport, Status};
+
+    fn item(reason: &str, too_large: bool) -> ItemReport {
+        ItemReport {
+            fingerprint: "AB".into(),
+            status: Status::Rejected,
+            reason: Some(reason.into()),
+            too_large,
+        }
+    }
+
+    #[test]
+    fn a_submission_refused_for_its_size_is_413_and_otherwise_422() {
+        let status = |e: SubmitError| ApiError::from(e).status_code().as_u16();
+        let many = PgpError::TooManyItems {
+            count: 10_001,
+            limit: 10_000,
+        };
+        assert_eq!(status(SubmitError::Refused(many)), 413);
+        assert_eq!(
+            status(SubmitError::NothingValid(vec![item("big", true)])),
+            413
+        );
+        assert_eq!(
+            status(SubmitError::NothingValid(vec![
+                item("big", true),
+                item("no self-signature", false)
+            ])),
+            422,
+            "refused for several reasons, not only size"
+        );
+        assert_eq!(
+            status(SubmitError::Refused(PgpError::SecretKeyMaterial)),
+            422,
+            "secret key material"
+        );
     }
 }

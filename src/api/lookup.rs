@@ -41,6 +41,11 @@ async fn read(state: &web::Data<AppState>, q: LookupQuery) -> Result<HttpRespons
         // An empty or partial replica would answer "not found" for keys the cluster has.
         return Err(crate::raft::RaftError::Joining.into());
     }
+    if let Some(r) = state.keys.removal() {
+        // Its replica stopped following the cluster: it lacks whatever was written since
+        // (revocations included).
+        return Err(crate::raft::RaftError::Removed(r.line()).into());
+    }
     let raft = state.keys.raft();
     let consistency = match (q.consistency, &q.op) {
         (Some(c), _) => c,

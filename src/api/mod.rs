@@ -87,6 +87,11 @@ async fn method_not_allowed() -> Result<actix_web::HttpResponse, error::ApiError
     Err(error::ApiError::MethodNotAllowed)
 }
 
+/// A path whose other methods are answered 405 (not 404: the path exists).
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
 /// The one app factory (production and tests).
 pub fn app(
     state: AppState,
@@ -115,59 +120,53 @@ pub fn app(
             }
         })
         .service(
-            web::resource("/pks/lookup")
+            resource("/pks/lookup")
                 .route(web::get().to(lookup::lookup))
-                .route(web::head().to(lookup::lookup))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::head().to(lookup::lookup)),
+        )
+        .service(resource("/pks/add").route(web::post().to(add::add)))
+        .service(resource("/pks/delete").route(web::post().to(admin::signed)))
+        .service(resource("/pks/replace").route(web::post().to(admin::signed)))
+        .service(
+            resource("/health")
+                .route(web::get().to(health::health))
+                .route(web::head().to(health::health)),
         )
         .service(
-            web::resource("/pks/add")
-                .route(web::post().to(add::add))
-                .default_service(web::to(method_not_allowed)),
+            resource("/ready")
+                .route(web::get().to(health::ready))
+                .route(web::head().to(health::ready)),
         )
+        .service(resource("/cluster/status").route(web::get().to(cluster::status)))
+        .service(resource("/cluster/nodes").route(web::get().to(cluster::nodes)))
+        .service(resource("/cluster/leader").route(web::get().to(cluster::leader)))
+        .service(resource("/cluster/health").route(web::get().to(cluster::health)))
+        .service(resource("/cluster/consensus").route(web::get().to(cluster::consensus)))
+        .service(resource("/cluster/digest").route(web::get().to(cluster::digest)))
+        .service(resource("/cluster/sync").route(web::post().to(sync::sync)))
+        .service(resource("/cluster/sync/status").route(web::get().to(sync::status)))
+        .service(resource("/cluster/repair").route(web::post().to(repair::repair)))
+        .service(resource("/cluster/load").route(web::get().to(observe::load)))
+        .service(resource("/cluster/performance").route(web::get().to(observe::performance)))
         .service(
-            web::resource("/pks/delete")
-                .route(web::post().to(admin::signed))
-                .default_service(web::to(method_not_allowed)),
+            resource("/cluster/routing")
+                .route(web::get().to(routing::get))
+                .route(web::put().to(routing::put)),
         )
+        .service(resource("/cluster/join").route(web::post().to(cluster_admin::join)))
+        .service(resource("/cluster/leave").route(web::post().to(cluster_admin::leave)))
+        .service(resource("/cluster/admin/delete").route(web::post().to(admin::delete)))
+        .service(resource("/cluster/admin/replace").route(web::post().to(admin::replace)))
+        .service(resource("/cluster/audit").route(web::get().to(conflicts::audit)))
+        .service(resource("/cluster/conflicts").route(web::get().to(conflicts::list)))
         .service(
-            web::resource("/pks/replace")
-                .route(web::post().to(admin::signed))
-                .default_service(web::to(method_not_allowed)),
+            resource("/cluster/conflicts/policies")
+                .route(web::get().to(conflicts::policies))
+                .route(web::put().to(conflicts::set_policies)),
         )
-        .route("/health", web::get().to(health::health))
-        .route("/ready", web::get().to(health::ready))
-        .route("/cluster/status", web::get().to(cluster::status))
-        .route("/cluster/nodes", web::get().to(cluster::nodes))
-        .route("/cluster/leader", web::get().to(cluster::leader))
-        .route("/cluster/health", web::get().to(cluster::health))
-        .route("/cluster/consensus", web::get().to(cluster::consensus))
-        .route("/cluster/digest", web::get().to(cluster::digest))
-        .route("/cluster/sync", web::post().to(sync::sync))
-        .route("/cluster/sync/status", web::get().to(sync::status))
-        .route("/cluster/repair", web::post().to(repair::repair))
-        .route("/cluster/load", web::get().to(observe::load))
-        .route("/cluster/performance", web::get().to(observe::performance))
-        .route("/cluster/routing", web::get().to(routing::get))
-        .route("/cluster/routing", web::put().to(routing::put))
-        .route("/cluster/join", web::post().to(cluster_admin::join))
-        .route("/cluster/leave", web::post().to(cluster_admin::leave))
-        .route("/cluster/admin/delete", web::post().to(admin::delete))
-        .route("/cluster/admin/replace", web::post().to(admin::replace))
-        .route("/cluster/audit", web::get().to(conflicts::audit))
-        .route("/cluster/conflicts", web::get().to(conflicts::list))
-        .route(
-            "/cluster/conflicts/policies",
-            web::get().to(conflicts::policies),
-        )
-        .route(
-            "/cluster/conflicts/policies",
-            web::put().to(conflicts::set_policies),
-        )
-        .route("/cluster/conflicts/{id}", web::get().to(conflicts::show))
-        .route(
-            "/cluster/conflicts/{id}/resolve",
-            web::post().to(conflicts::resolve),
+        .service(resource("/cluster/conflicts/{id}").route(web::get().to(conflicts::show)))
+        .service(
+            resource("/cluster/conflicts/{id}/resolve").route(web::post().to(conflicts::resolve)),
         )
         .default_service(web::to(health::not_found))
 }

@@ -3,7 +3,8 @@
 //! `/cluster/load` reports this node's request rate (about the last 10 s, and since start),
 //! requests in flight, CPU (percent of one core) and memory (RSS). With `?scope=cluster` the
 //! answering node also asks every other member for its own figures (`GET /cluster/load` at the
-//! member's advertised HTTP address, [`MEMBER_TIMEOUT`] each, all at once) and lists a member
+//! member's advertised HTTP address, all at once; [`MEMBER_TIMEOUT`] per socket step and twice
+//! that for the whole exchange, name resolution included) and lists a member
 //! that does not answer as `"reachable": false` with the reason instead of failing.
 //!
 //! `/cluster/performance` reports the latency histograms since start: commit (proposal to

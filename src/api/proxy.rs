@@ -33,16 +33,6 @@ pub async fn to_leader(
         .raft()
         .leader()
         .ok_or_else(|| ApiError::Unavailable("no leader known".into()))?;
-    let addr: std::net::SocketAddr =
-        std::net::ToSocketAddrs::to_socket_addrs(&leader.node.http_addr)
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                ApiError::Unavailable(format!(
-                    "the leader's HTTP address {:?} does not resolve",
-                    leader.node.http_addr
-                ))
-            })?;
     let method = req.method().to_string();
     let target = req.uri().to_string();
     let auth = req
@@ -51,16 +41,31 @@ pub async fn to_leader(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let body = body.to_vec();
-    let r = actix_web::rt::task::spawn_blocking(move || {
+    let http_addr = leader.node.http_addr.clone();
+    // Name resolution blocks: on a blocking thread, like the exchange, and bounded with it.
+    let work = actix_web::rt::task::spawn_blocking(move || {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&http_addr)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("the leader's HTTP address {http_addr:?} does not resolve"))?;
         let mut headers = vec![(PROXIED, "1"), ("content-type", "application/json")];
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
         }
         crate::client::request(addr, &method, &target, &headers, &body, TIMEOUT)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Unavailable(format!("leader {} at {addr}: {e}", leader.id)))?;
+            .map_err(|e| format!("at {addr}: {e}"))
+    });
+    let r = tokio::time::timeout(TIMEOUT * 2, work)
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "leader {}: no answer within {:?}",
+                leader.id,
+                TIMEOUT * 2
+            ))
+        })?
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Unavailable(format!("leader {} {e}", leader.id)))?;
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let ctype = r
         .header("content-type")

@@ -15,7 +15,7 @@ pub struct ConflictFilter {
     pub fingerprint: Option<String>,
     /// `add`, `add_after_delete`, `replace`, `delete`.
     pub kind: Option<String>,
-    /// `open`, `resolved`.
+    /// `open`, `resolved`, `rejected`.
     pub status: Option<String>,
     /// Only ids below this one (paging, newest first).
     pub before: Option<u64>,

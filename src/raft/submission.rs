@@ -34,6 +34,38 @@ pub struct ItemReport {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Refused for its size alone (a submission refused only for that is 413).
+    #[serde(skip)]
+    pub too_large: bool,
+}
+
+impl ItemReport {
+    /// A certificate refused before proposing, for `e`.
+    fn refused(fingerprint: String, e: &PgpError) -> ItemReport {
+        ItemReport {
+            fingerprint,
+            status: Status::Rejected,
+            reason: Some(e.to_string()),
+            too_large: matches!(
+                e,
+                PgpError::TooLarge { .. } | PgpError::PacketTooLarge { .. }
+            ),
+        }
+    }
+}
+
+impl SubmitError {
+    /// Whether the submission was refused for its size: too many items, or every certificate
+    /// too large.
+    pub fn too_large(&self) -> bool {
+        match self {
+            SubmitError::Refused(PgpError::TooManyItems { .. }) => true,
+            SubmitError::NothingValid(items) => {
+                !items.is_empty() && items.iter().all(|i| i.too_large)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why a submission failed as a whole.
@@ -139,6 +171,7 @@ pub(super) fn item_report(o: ApplyOutcome) -> ItemReport {
         fingerprint,
         status,
         reason,
+        too_large: false,
     }
 }
 
@@ -171,6 +204,7 @@ pub(super) fn prepare(
                     fingerprint: String::new(),
                     status: Status::Rejected,
                     reason: Some(reason),
+                    too_large: false,
                 });
                 continue;
             }
@@ -190,22 +224,14 @@ pub(super) fn prepare(
                         (earlier.cert, earlier.bytes) = (*c, b);
                     }
                     Ok(MergeOutcome::Unchanged) => {}
-                    Err(e) => report.push(ItemReport {
-                        fingerprint,
-                        status: Status::Rejected,
-                        reason: Some(e.to_string()),
-                    }),
+                    Err(e) => report.push(ItemReport::refused(fingerprint, &e)),
                 },
                 None => {
                     at.insert(fpr.clone(), clean.len());
                     clean.push(CleanCert { fpr, cert, bytes });
                 }
             },
-            Err(e) => report.push(ItemReport {
-                fingerprint,
-                status: Status::Rejected,
-                reason: Some(e.to_string()),
-            }),
+            Err(e) => report.push(ItemReport::refused(fingerprint, &e)),
         }
     }
     Ok((clean, report))

@@ -464,8 +464,15 @@ fn a_member_removed_through_another_member_learns_it_and_stops_taking_writes() {
         "one warning:\n{log}"
     );
 
-    tracing_phase("a write sent to the removed node: 503 with the reason");
+    tracing_phase("a write or a lookup sent to the removed node: 503 with the reason");
     let r = removed.post_once(&certs[1].1).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(&want), "{}", r.text());
+    // Its replica no longer follows the cluster: it would serve certificates without the
+    // revocations written since.
+    let r = removed
+        .get(&format!("/pks/lookup?op=get&search=0x{}", certs[1].0))
+        .unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains(&want), "{}", r.text());
 

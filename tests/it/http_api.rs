@@ -242,6 +242,16 @@ async fn every_lookup_op_answers_with_its_status_and_content_type() {
     assert_eq!(s, 200);
     let (s, _, _) = call!(app, at::TestRequest::get().uri("/ready"));
     assert_eq!(s, 200);
+    // Load balancers may check with HEAD (`option httpchk HEAD /ready`).
+    for path in ["/health", "/ready"] {
+        let (s, _, _) = call!(
+            app,
+            at::TestRequest::default()
+                .method(actix_web::http::Method::HEAD)
+                .uri(path)
+        );
+        assert_eq!(s, 200, "HEAD {path}");
+    }
     drop(app);
     n.close().await;
 }
@@ -271,6 +281,28 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .collect();
     let (s, _, body) = call!(app, form_post(format!("keytext={standard}")));
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    // The media type's case does not matter; without a Content-Type, a raw armored body is
+    // read as such, and a body with a keytext field as a form.
+    let armored_bytes = cert.armored().to_vec().unwrap();
+    let shouting = at::TestRequest::post()
+        .uri("/pks/add")
+        .insert_header((
+            "content-type",
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+        ))
+        .set_payload(gpg_form(&armored_bytes));
+    let untyped = |body: Vec<u8>| at::TestRequest::post().uri("/pks/add").set_payload(body);
+    for (name, req) in [
+        ("upper-case media type", shouting),
+        ("raw armor, no content type", untyped(armored_bytes.clone())),
+        (
+            "form, no content type",
+            untyped(gpg_form(&armored_bytes).into_bytes()),
+        ),
+    ] {
+        let (s, _, body) = call!(app, req);
+        assert_eq!(s, 200, "{name}: {}", String::from_utf8_lossy(&body));
+    }
 
     let secret = cert.as_tsk().armored().to_vec().unwrap();
     let armored = cert.armored().to_vec().unwrap();
@@ -296,6 +328,17 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             413,
         ),
         ("GET /pks/add", at::TestRequest::get().uri("/pks/add"), 405),
+        ("POST /health", at::TestRequest::post().uri("/health"), 405),
+        (
+            "digest index not a number",
+            at::TestRequest::get().uri("/cluster/digest?index=x"),
+            400,
+        ),
+        (
+            "DELETE /cluster/routing",
+            at::TestRequest::delete().uri("/cluster/routing"),
+            405,
+        ),
         ("unknown path", at::TestRequest::get().uri("/nope"), 404),
         (
             "unknown op",
