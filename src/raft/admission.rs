@@ -66,7 +66,16 @@ pub struct Admission {
     /// while another is uncommitted, so two joins arriving together (add learner, promote)
     /// would otherwise leave the second joiner a learner.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// Secret checks under way; a wrong secret holds its permit for [`WRONG_SECRET_DELAY`],
+    /// so this node checks at most [`CHECKS_AT_ONCE`] wrong guesses a second.
+    checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long a join with a wrong secret waits before it is answered.
+const WRONG_SECRET_DELAY: Duration = Duration::from_secs(1);
+
+/// Secret checks one node makes at once; further joins are refused unchecked until one ends.
+const CHECKS_AT_ONCE: usize = 8;
 
 impl std::fmt::Debug for Admission {
     /// Without the secret: only whether there is one.
@@ -149,6 +158,7 @@ impl Admission {
             secret,
             max_voters,
             changes: Arc::default(),
+            checks: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
         }
     }
 
@@ -163,7 +173,18 @@ impl Admission {
         on_refuse: OnRefuse<'_>,
     ) -> Result<JoinOutcome, RaftError> {
         if let Some(secret) = &self.secret {
+            // Guessing is slowed: a wrong secret is answered after a delay, and only a few are
+            // checked at once (the others are refused without being checked, so they learn
+            // nothing).
+            let Ok(_check) = self.checks.try_acquire() else {
+                return Err(refuse(
+                    &spec,
+                    "too many joins being checked at once; retry in a few seconds".into(),
+                    on_refuse,
+                ));
+            };
             if !same_secret(secret, &spec.secret) {
+                tokio::time::sleep(WRONG_SECRET_DELAY).await;
                 return Err(refuse(&spec, "wrong cluster secret".into(), on_refuse));
             }
         }
@@ -218,6 +239,17 @@ impl Admission {
                 voter,
                 replaced: None,
             });
+        }
+        if raft.removed_ids()?.contains(&spec.id) {
+            return Err(refuse(
+                &spec,
+                format!(
+                    "id {} was removed from this cluster and is never admitted again; wipe the \
+                     data directory of {} to join under a new id",
+                    spec.id, spec.name
+                ),
+                on_refuse,
+            ));
         }
         let replaced = members
             .iter()
@@ -423,6 +455,47 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_secrets_are_answered_late_and_only_a_few_are_checked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let raft = RaftNode::start(store, 1, KeyraftNode::default(), RaftSettings::default())
+            .await
+            .unwrap();
+        let admission = Admission::new(Some("right".into()), 5);
+        let refusals = std::sync::Mutex::new(Vec::new());
+        let on_refuse = |_: &JoinSpec, why: &str| refusals.lock().unwrap().push(why.to_string());
+        let guess = |n: u64| JoinSpec {
+            id: n,
+            name: format!("g{n}"),
+            raft_addr: "127.0.0.1:1".into(),
+            http_addr: String::new(),
+            secret: format!("guess {n}"),
+        };
+        // All polled together: without the delay each check would end before the next began
+        // and none would be refused unchecked.
+        let answers = futures::future::join_all(
+            (1..=CHECKS_AT_ONCE as u64 + 3)
+                .map(|n| admission.join(&raft, None, guess(n), &on_refuse)),
+        )
+        .await;
+        let reasons: Vec<String> = answers
+            .into_iter()
+            .map(|a| a.unwrap_err().to_string())
+            .collect();
+        let wrong = reasons
+            .iter()
+            .filter(|r| r.contains("wrong cluster secret"));
+        assert_eq!(wrong.count(), CHECKS_AT_ONCE, "{reasons:?}");
+        let unchecked = reasons.iter().filter(|r| r.contains("too many joins"));
+        assert_eq!(unchecked.count(), 3, "{reasons:?}");
+        assert_eq!(refusals.lock().unwrap().len(), CHECKS_AT_ONCE + 3);
+        // The permits come back: the next guess is checked again.
+        let r = admission.join(&raft, None, guess(99), &on_refuse).await;
+        assert!(r.unwrap_err().to_string().contains("wrong cluster secret"));
+        raft.shutdown().await;
+    }
+
     #[test]
     fn a_forwarded_error_keeps_its_kind() {
         // What the leader sends back is its error's text; each kind must map to the same kind.
@@ -448,7 +521,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_leave_behind_a_change_in_progress_gets_a_retryable_timeout() {
+    async fn a_leave_behind_a_change_in_progress_gets_a_retryable_timeout_and_the_id_is_never_reused(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let settings = RaftSettings {
             request_timeout_ms: 200,
@@ -504,6 +578,22 @@ mod tests {
             "{:?}",
             raft.members()
         );
+
+        // Its id is never admitted again.
+        assert_eq!(raft.removed_ids().unwrap(), BTreeSet::from([2]));
+        let again = JoinSpec {
+            id: 2,
+            name: "n2".into(),
+            raft_addr: "n2.invalid:1".into(),
+            http_addr: String::new(),
+            secret: String::new(),
+        };
+        let err = admission
+            .join(&raft, None, again, &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never admitted again"), "{err}");
+        assert!(raft.members().iter().all(|m| m.id != 2));
         raft.shutdown().await;
     }
 }

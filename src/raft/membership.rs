@@ -22,6 +22,14 @@ pub struct Member {
 }
 
 impl RaftNode {
+    /// Every id a membership change removed over the cluster's life, as this replica applied
+    /// them: never admitted again.
+    pub fn removed_ids(&self) -> Result<BTreeSet<NodeId>, RaftError> {
+        crate::raft::meta::sm_get::<crate::raft::meta::RemovedIdsKey>(self.local_store())
+            .map(Option::unwrap_or_default)
+            .map_err(|e| RaftError::Storage(e.to_string()))
+    }
+
     /// Every member of the current membership, ordered by id.
     pub fn members(&self) -> Vec<Member> {
         let m = self

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::raft::codec;
-use crate::raft::types::{LogId, StoredMembership, Vote};
+use crate::raft::types::{LogId, NodeId, StoredMembership, Vote};
 use crate::store::{ApplyBatch, Store};
 
 /// A metadata key and the type stored under it.
@@ -55,6 +55,15 @@ impl MetaKey for MembershipKey {
     type Value = StoredMembership;
 }
 
+/// Every id a membership change removed over the cluster's life (sm meta): ids are never
+/// admitted again, since a node that kept its state under a removed id could vote on the
+/// strength of it.
+pub struct RemovedIdsKey;
+impl MetaKey for RemovedIdsKey {
+    const KEY: &'static str = "removed_ids";
+    type Value = std::collections::BTreeSet<NodeId>;
+}
+
 /// Read a raft-meta value.
 pub fn raft_get<K: MetaKey>(store: &Store) -> io::Result<Option<K::Value>> {
     let raw = store.raft_meta_get(K::KEY).map_err(io::Error::other)?;
@@ -80,6 +89,12 @@ pub fn raft_put_unsynced<K: MetaKey>(store: &Store, value: &K::Value) -> io::Res
 /// Read a state-machine-meta value.
 pub fn sm_get<K: MetaKey>(store: &Store) -> io::Result<Option<K::Value>> {
     let raw = store.sm_meta_get(K::KEY).map_err(io::Error::other)?;
+    raw.map(|b| codec::decode(&b)).transpose()
+}
+
+/// Read a state-machine-meta value as an apply batch sees it (its own staged values first).
+pub fn sm_get_in<K: MetaKey>(batch: &ApplyBatch) -> io::Result<Option<K::Value>> {
+    let raw = batch.get_sm_meta(K::KEY).map_err(io::Error::other)?;
     raw.map(|b| codec::decode(&b)).transpose()
 }
 

@@ -117,6 +117,9 @@ impl SnapshotFiles {
             }
         };
         fs::rename(tmp, self.dir.join(&file))?;
+        // The data file's name is durable before any meta names it, whatever order the file
+        // system would keep the two renames in after a power loss.
+        sync_dir(&self.dir)?;
         let record = CurrentSnapshot {
             file,
             meta: meta.clone(),

@@ -28,12 +28,12 @@ use crate::metrics::NodeMetrics;
 use crate::raft::apply::apply_command;
 use crate::raft::command::Response;
 use crate::raft::digest::Checkpoints;
-use crate::raft::meta::{self, LastAppliedKey, MembershipKey};
+use crate::raft::meta::{self, LastAppliedKey, MembershipKey, RemovedIdsKey};
 use crate::raft::records;
 use crate::raft::snapshot_builder::StateMachineSnapshotBuilder;
 use crate::raft::snapshot_files::SnapshotFiles;
 use crate::raft::types::{
-    Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    Entry, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use crate::store::Store;
 
@@ -133,6 +133,11 @@ fn apply_batch(
                 r
             }
             EntryPayload::Membership(m) => {
+                let before = match membership.take() {
+                    Some(b) => Some(b),
+                    None => meta::sm_get_in::<MembershipKey>(&batch)?,
+                };
+                record_removed(&mut batch, before.as_ref().map(|b| b.membership()), m)?;
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                 audit_membership(&mut batch, entry.log_id.index, m);
                 Response::default()
@@ -149,6 +154,30 @@ fn apply_batch(
     batch.commit().map_err(io::Error::other)?;
     metrics.apply_batch.record(started.elapsed());
     Ok(responses)
+}
+
+/// Add the ids in `before` that `after` no longer lists to the removed ids
+/// ([`meta::RemovedIdsKey`]). Deterministic: ordered sets, the state as the batch sees it.
+fn record_removed(
+    batch: &mut crate::store::ApplyBatch,
+    before: Option<&crate::raft::types::Membership>,
+    after: &crate::raft::types::Membership,
+) -> io::Result<()> {
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let now: std::collections::BTreeSet<NodeId> = after.nodes().map(|(id, _)| *id).collect();
+    let gone: Vec<NodeId> = before
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !now.contains(id))
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut removed = meta::sm_get_in::<RemovedIdsKey>(batch)?.unwrap_or_default();
+    removed.extend(gone);
+    meta::sm_set::<RemovedIdsKey>(batch, &removed)
 }
 
 /// Record a membership change in the audit trail. Membership entries carry no proposer time,
