@@ -8,8 +8,10 @@
 //!   admitted);
 //! - Raft has a leader and this node has applied what it knows committed;
 //! - on a leader, a quorum acknowledged it recently; on any other member, the leader's appends
-//!   or heartbeats arrived within the last 3 s, and at least once since this process started
-//!   (a follower cut off by a partition, or restarted and not caught up, may serve stale reads);
+//!   or heartbeats arrived within the last 3 s (or three heartbeat intervals, if longer), and
+//!   at least once since this process started (a follower cut off from the leader, or restarted
+//!   and not caught up, may serve stale reads; one on the minority side with the old leader
+//!   still hears it, and relies on that leader's lost quorum showing in its writes);
 //! - it is not a learner while the routing settings say `learners_serve_reads: false`;
 //! - its routing weight is not 0 (an operator drained it).
 //!

@@ -12,10 +12,6 @@ use crate::raft::Op;
 /// Attempts before giving up on settings that keep changing under the patch.
 const ATTEMPTS: usize = 8;
 
-/// One settings write at a time on this node: patches sent to one node never race each other
-/// (only those sent to different nodes do, and they retry).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Read the settings with `read`, `patch` them, propose `op(patched, read)`; again while apply
 /// says they changed. Returns the patched settings with the first outcome and the log index.
 pub(super) async fn read_modify_write<T: Clone>(
@@ -25,7 +21,7 @@ pub(super) async fn read_modify_write<T: Clone>(
     patch: impl Fn(T) -> Result<T, ApiError>,
     op: impl Fn(T, T) -> Op,
 ) -> Result<(T, ApplyOutcome, u64), ApiError> {
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = state.keys.settings_turn().await;
     for _ in 0..ATTEMPTS {
         let current = read(state)?;
         let patched = patch(current.clone())?;

@@ -176,7 +176,7 @@ impl Admission {
             // Guessing is slowed: a wrong secret is answered after a delay, and only a few are
             // checked at once (the others are refused without being checked, so they learn
             // nothing).
-            let Ok(_check) = self.checks.try_acquire() else {
+            let Ok(check) = self.checks.clone().try_acquire_owned() else {
                 // Not a refusal: a genuine joiner caught in a flood of guesses retries.
                 tracing::warn!(node_id = spec.id, name = %spec.name,
                     "join not checked: {CHECKS_AT_ONCE} secret checks already under way");
@@ -185,9 +185,17 @@ impl Admission {
                 ));
             };
             if !same_secret(secret, &spec.secret) {
-                tokio::time::sleep(WRONG_SECRET_DELAY).await;
+                // The permit is held for the whole delay by a task of its own: a caller that
+                // hangs up early does not get its check back sooner.
+                let held = tokio::spawn(async move {
+                    tokio::time::sleep(WRONG_SECRET_DELAY).await;
+                    drop(check);
+                });
+                let _ = held.await;
                 return Err(refuse(&spec, "wrong cluster secret".into(), on_refuse));
             }
+            // A right secret frees its check at once: the rest of a join may take a while.
+            drop(check);
         }
         if spec.id == 0 || spec.name.is_empty() || spec.raft_addr.is_empty() {
             return Err(refuse(
@@ -241,7 +249,7 @@ impl Admission {
                 replaced: None,
             });
         }
-        if raft.removed_ids()?.contains(&spec.id) {
+        if raft.removed_ids().await?.contains(&spec.id) {
             return Err(refuse(
                 &spec,
                 format!(
@@ -583,7 +591,7 @@ mod tests {
         );
 
         // Its id is never admitted again.
-        assert_eq!(raft.removed_ids().unwrap(), BTreeSet::from([2]));
+        assert_eq!(raft.removed_ids().await.unwrap(), BTreeSet::from([2]));
         let again = JoinSpec {
             id: 2,
             name: "n2".into(),

@@ -70,6 +70,8 @@ pub struct Keyserver {
     joining: Arc<std::sync::atomic::AtomicBool>,
     removal: Arc<super::removal::RemovalState>,
     refusals: Arc<super::refusals::RefusalLimiter>,
+    /// Held by a read-modify-write of the replicated settings (see [`Self::settings_turn`]).
+    settings_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Keyserver {
@@ -86,7 +88,14 @@ impl Keyserver {
             joining: Arc::default(),
             removal: Arc::default(),
             refusals: Arc::default(),
+            settings_writes: Arc::default(),
         }
+    }
+
+    /// One read-modify-write of the replicated settings at a time on this node: patches sent
+    /// to one node never race each other (those sent to different nodes retry).
+    pub async fn settings_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.settings_writes.lock().await
     }
 
     /// Admit joiners under `a` (secret, most voters).

@@ -22,9 +22,21 @@ pub struct Member {
 }
 
 impl RaftNode {
-    /// Every id a membership change removed over the cluster's life, as this replica applied
-    /// them: never admitted again.
-    pub fn removed_ids(&self) -> Result<BTreeSet<NodeId>, RaftError> {
+    /// Every id a membership change removed over the cluster's life: never admitted again.
+    /// Read once this replica has applied the latest membership in its log (bounded by the
+    /// request timeout), so an id just removed is never missing from both the membership and
+    /// this set.
+    pub async fn removed_ids(&self) -> Result<BTreeSet<NodeId>, RaftError> {
+        let latest = self
+            .openraft()
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .log_id()
+            .map(|l| l.index);
+        if let Some(index) = latest {
+            self.wait_applied(index, self.request_timeout()).await?;
+        }
         crate::raft::meta::sm_get::<crate::raft::meta::RemovedIdsKey>(self.local_store())
             .map(Option::unwrap_or_default)
             .map_err(|e| RaftError::Storage(e.to_string()))

@@ -59,6 +59,8 @@ struct Inner {
     /// When this node last accepted an append (heartbeats included) from a leader, since this
     /// process started; `None` until the first. Node-local, for `/ready`.
     leader_heard: std::sync::Mutex<Option<std::time::Instant>>,
+    /// See [`NodeStatus::leader_silent_after_ms`].
+    leader_silent_after_ms: u64,
 }
 
 fn storage(e: impl std::fmt::Display) -> RaftError {
@@ -114,6 +116,8 @@ impl RaftNode {
                 start_term,
                 init_lock: tokio::sync::Mutex::new(()),
                 leader_heard: std::sync::Mutex::new(None),
+                leader_silent_after_ms: crate::raft::status::LEADER_SILENT_MAX_MS
+                    .max(3 * cfg.heartbeat_ms),
             }),
         })
     }
@@ -262,6 +266,7 @@ impl RaftNode {
         let mut status = NodeStatus::from_metrics(&self.inner.raft.metrics().borrow_watched());
         status.millis_since_leader_heard =
             self.leader_heard().map(|t| t.elapsed().as_millis() as u64);
+        status.leader_silent_after_ms = self.inner.leader_silent_after_ms;
         status
     }
 

@@ -51,6 +51,10 @@ pub struct NodeStatus {
     /// [`RaftNode::status`]: crate::raft::RaftNode::status
     #[serde(default)]
     pub millis_since_leader_heard: Option<u64>,
+    /// How long a member other than the leader may go without hearing from it before it counts
+    /// as cut off ([`LEADER_SILENT_MAX_MS`], or three heartbeat intervals if longer).
+    #[serde(default)]
+    pub leader_silent_after_ms: u64,
 }
 
 impl NodeStatus {
@@ -99,6 +103,7 @@ impl NodeStatus {
                 })
                 .unwrap_or_default(),
             millis_since_leader_heard: None,
+            leader_silent_after_ms: LEADER_SILENT_MAX_MS,
         }
     }
 
@@ -180,19 +185,19 @@ impl NodeStatus {
     }
 
     /// A member other than the leader that has not heard from a leader for
-    /// [`LEADER_SILENT_MAX_MS`], or not at all since it started: its replica may be behind what
-    /// the cluster has acknowledged (cut off by a partition, or restarted and not yet caught up).
-    /// A single-voter cluster's only member is its own leader and never silent.
+    /// [`Self::leader_silent_after_ms`], or not at all since it started: its replica may be
+    /// behind what the cluster has acknowledged (cut off from the leader, or restarted and not
+    /// yet caught up). A single-voter cluster's only member is its own leader and never silent.
     pub fn leader_silent(&self) -> bool {
         self.state != "Leader"
             && self
                 .millis_since_leader_heard
-                .is_none_or(|ms| ms > LEADER_SILENT_MAX_MS)
+                .is_none_or(|ms| ms > self.leader_silent_after_ms)
     }
 }
 
 /// Longest time a healthy follower or learner goes without hearing from the leader (heartbeats
-/// come every 100 ms by default).
+/// come every 100 ms by default), unless three heartbeat intervals are longer.
 pub const LEADER_SILENT_MAX_MS: u64 = 3_000;
 
 /// A member that has not acknowledged the leader for this long counts as unreachable
@@ -229,6 +234,7 @@ mod tests {
             matched: learners.iter().map(|l| (l.0, l.1)).collect(),
             millis_since_heartbeat: learners.iter().map(|l| (l.0, l.2)).collect(),
             millis_since_leader_heard: None,
+            leader_silent_after_ms: LEADER_SILENT_MAX_MS,
         }
     }
 
@@ -249,6 +255,10 @@ mod tests {
         s.state = "Learner".into();
         assert!(s.leader_silent());
         s.millis_since_leader_heard = Some(5);
+        assert!(!s.leader_silent());
+        // A longer bound (slow heartbeats) is honoured.
+        s.leader_silent_after_ms = 10_000;
+        s.millis_since_leader_heard = Some(LEADER_SILENT_MAX_MS + 1);
         assert!(!s.leader_silent());
     }
 
