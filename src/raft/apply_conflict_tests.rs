@@ -31,8 +31,9 @@ fn concurrent_uploads_merge_and_the_race_is_recorded() {
     assert!(matches!(o, ApplyOutcome::Unchanged { .. }), "{o:?}");
 }
 
-#[test]
-fn manual_keeps_the_stored_version_until_an_operator_resolves() {
+/// A node with the `manual` policy for uploads, `a` stored, and `b` uploaded racing it (a stale
+/// base): returns the node, the fingerprint, `b` and the upload's outcome.
+fn manual_race() -> (Node, Vec<u8>, Vec<u8>, ApplyOutcome) {
     let mut n = Node::new();
     set(
         &mut n,
@@ -44,6 +45,12 @@ fn manual_keeps_the_stored_version_until_an_operator_resolves() {
     let (fpr, a, b) = two_versions();
     n.apply(1, 10, submit(&a, VersionVector::default()));
     let o = n.apply(2, 11, submit(&b, VersionVector::default()));
+    (n, fpr, b, o)
+}
+
+#[test]
+fn manual_keeps_the_stored_version_until_an_operator_resolves() {
+    let (mut n, fpr, _, o) = manual_race();
     let ApplyOutcome::Conflict { id, status, .. } = o else {
         panic!("{o:?}")
     };
@@ -170,17 +177,7 @@ fn resolve(id: u64, choose: &str, limits: Option<pgp::Limits>) -> Op {
 
 #[test]
 fn a_resolution_keeps_later_changes_and_merges_within_the_proposers_limits() {
-    let mut n = Node::new();
-    set(
-        &mut n,
-        Policies {
-            add: Policy::Manual,
-            ..Policies::default()
-        },
-    );
-    let (fpr, a, b) = two_versions();
-    n.apply(1, 10, submit(&a, VersionVector::default()));
-    let o = n.apply(2, 11, submit(&b, VersionVector::default()));
+    let (mut n, fpr, b, o) = manual_race();
     let ApplyOutcome::Conflict { id, .. } = o else {
         panic!("{o:?}")
     };

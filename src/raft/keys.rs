@@ -92,8 +92,7 @@ impl Keyserver {
         }
     }
 
-    /// One read-modify-write of the replicated settings at a time on this node: patches sent
-    /// to one node never race each other (those sent to different nodes retry).
+    /// One read-modify-write of the replicated settings at a time on this node (see `api`).
     pub async fn settings_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.settings_writes.lock().await
     }
