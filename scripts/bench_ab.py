@@ -9,11 +9,15 @@ alternate between the binaries, so drift of this shared VM hits both alike.
     cp "$CARGO_TARGET_DIR/debug/keyraft" /tmp/keyraft-new   # and build the other one likewise
     scripts/bench_ab.py --rounds 4 /tmp/keyraft-old /tmp/keyraft-new
 
+With --as-gpg, each certificate is sent as `gpg --send-keys` sends it: armored, as the
+form field `keytext`, percent-encoded (otherwise binary, as application/pgp-keys).
+
 With --split, the node taking the writes logs how long each one spent being prepared (parsed,
 cleaned, merged into what the replica holds) and being committed (proposed or forwarded,
 replicated, applied on that node), and the slowest requests are printed with that split.
 """
 import argparse
+import base64
 import http.client
 import os
 import random
@@ -21,6 +25,7 @@ import re
 import statistics
 import sys
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cluster as b  # noqa: E402
@@ -44,15 +49,38 @@ def print_split(lat, sizes, log_text, worst=16):
               f"rest {total - prep - commit:4.1f}")
 
 
+def crc24(data):
+    """The OpenPGP armor checksum (RFC 4880 section 6.1)."""
+    crc = 0xB704CE
+    for byte in data:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    return crc & 0xFFFFFF
+
+
+def as_gpg_sends(binary_cert):
+    """(body, content type) of `gpg --send-keys` for one binary certificate."""
+    b64 = base64.b64encode(binary_cert).decode()
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    crc = base64.b64encode(crc24(binary_cert).to_bytes(3, "big")).decode()
+    armored = ("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n" + "\n".join(lines)
+               + f"\n={crc}\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    body = "keytext=" + urllib.parse.quote(armored, safe="")
+    return body.encode(), "application/x-www-form-urlencoded"
+
+
 def one_run(binary, certs, via="leader", dump=False, split=False):
     with b.Cluster(binary, 3) as c:
         target = c.leader() if via == "leader" else c.followers()[0]
         conn = http.client.HTTPConnection("127.0.0.1", target.http, timeout=60)
         lat = []
-        for _, body in certs:
+        for _, body, ctype in certs:
             t = time.monotonic()
             conn.request("POST", "/pks/add?options=mr", body=body,
-                         headers={"Content-Type": "application/pgp-keys"})
+                         headers={"Content-Type": ctype})
             r = conn.getresponse()
             r.read()
             if r.status != 200:
@@ -64,7 +92,7 @@ def one_run(binary, certs, via="leader", dump=False, split=False):
         if split:
             time.sleep(0.5)
             with open(target.logpath) as f:
-                print_split(lat, [len(body) for _, body in certs], f.read())
+                print_split(lat, [len(body) for _, body, _ in certs], f.read())
     lat.sort()
     n = len(lat)
     return lat[n // 2], lat[min(n - 1, int(n * 0.99))], sum(1 for x in lat if x > 25), n
@@ -78,11 +106,14 @@ def main():
                     help="send the writes to the leader (default) or to a follower")
     ap.add_argument("--dump", action="store_true",
                     help="print every node's /cluster/performance after each run")
+    ap.add_argument("--as-gpg", action="store_true",
+                    help="send each certificate armored in a form, as gpg --send-keys does")
     ap.add_argument("--split", action="store_true",
                     help="print the slowest requests split into prepare and commit")
     args = ap.parse_args()
     b.OPTS["log"] = "warn,keyraft::raft::keys=debug" if args.split else "warn"
-    certs = b.debian_certs(b.ALL_DEBIAN)
+    certs = [(fpr, *(as_gpg_sends(c) if args.as_gpg else (c, "application/pgp-keys")))
+             for fpr, c in b.debian_certs(b.ALL_DEBIAN)]
     random.Random(1).shuffle(certs)
     p99s = {x: [] for x in args.binaries}
     for r in range(1, args.rounds + 1):

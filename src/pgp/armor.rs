@@ -93,6 +93,69 @@ pub fn armor_public_keys<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> Vec<u
     out
 }
 
+const BEGIN_PUBLIC: &[u8] = b"-----BEGIN PGP PUBLIC KEY BLOCK-----";
+const END_PUBLIC: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
+
+/// The contents of `block`, one armored public key block as gpg, sq and [`armor_public_keys`]
+/// write it, if it is exactly that: the BEGIN line, `Key: value` header lines, an empty line,
+/// lines of base64, optionally the checksum line, the END line (each line may end in CR or
+/// blanks). `None` for anything else, which the caller hands to Sequoia's tolerant reader.
+///
+/// Sequoia's reader gives the same bytes for such a block (a test checks it on Debian's
+/// keyrings and on mangled armor) but filters the text one character at a time, which cost
+/// as much as cleaning the certificate. Like Sequoia's, this does not check the checksum
+/// (RFC 9580 §6.1: a checksum that disagrees must not make an implementation reject the
+/// data).
+pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
+    let mut lines = block.split(|&b| b == b'\n').map(<[u8]>::trim_ascii_end);
+    if lines.next()? != BEGIN_PUBLIC {
+        return None;
+    }
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+        if !is_header(line) {
+            return None;
+        }
+    }
+    let mut base64 = Vec::with_capacity(block.len());
+    let (mut checksum, mut ended) = (false, false);
+    for line in lines {
+        match line {
+            b"" if ended => {}
+            _ if ended => return None,
+            _ if line == END_PUBLIC => ended = true,
+            [b'=', rest @ ..] if !checksum && rest.len() == 4 && rest.iter().all(is_base64) => {
+                checksum = true;
+            }
+            _ if checksum => return None,
+            _ if !line.is_empty() && line.iter().all(|&c| is_base64(&c) || c == b'=') => {
+                base64.extend_from_slice(line);
+            }
+            _ => return None,
+        }
+    }
+    if !ended {
+        return None;
+    }
+    STANDARD.decode(&base64).ok()
+}
+
+/// `Name: value`, as armor headers are written.
+fn is_header(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&c| c == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon].iter().all(|c| c.is_ascii_graphic())
+        && line.get(colon + 1).is_none_or(|&c| c == b' ')
+}
+
+fn is_base64(c: &u8) -> bool {
+    c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +183,80 @@ mod tests {
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
         for len in [0, 1, 7, 8, 9, 15, 16, 17, 1000, 4999, 5000] {
             assert_eq!(crc24(&data[..len]), reference(&data[..len]), "length {len}");
+        }
+    }
+
+    /// What Sequoia's tolerant reader makes of `block`.
+    fn sequoia(block: &[u8]) -> Option<Vec<u8>> {
+        let mut r = Reader::from_bytes(block, ReaderMode::Tolerant(Some(Kind::PublicKey)));
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).ok().map(|_| back)
+    }
+
+    #[test]
+    fn the_fast_dearmor_agrees_with_sequoia_on_debian_certificates_as_clients_write_them() {
+        let mut compared = 0;
+        for keyring in crate::pgp::tests::debian_keyrings() {
+            for cert in
+                <sequoia_openpgp::cert::CertParser as sequoia_openpgp::parse::Parse<_>>::from_bytes(
+                    &keyring,
+                )
+                .unwrap()
+                .filter_map(Result::ok)
+                .step_by(7)
+            {
+                let bin = sequoia_openpgp::serialize::MarshalInto::to_vec(&cert).unwrap();
+                let ours = armor_public_keys([bin.as_slice()]);
+                // gpg's form: CRLF when sent from Windows, a header, no checksum.
+                let text = String::from_utf8(ours.clone()).unwrap();
+                let with_header = text.replacen("\n\n", "\nComment: a b: c\n\n", 1);
+                let crlf = with_header.replace('\n', "\r\n");
+                let no_crc: String = text
+                    .lines()
+                    .filter(|l| !l.starts_with('='))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                for block in [
+                    ours,
+                    with_header.into_bytes(),
+                    crlf.into_bytes(),
+                    no_crc.into_bytes(),
+                ] {
+                    assert_eq!(dearmor_public_key_block(&block).as_ref(), Some(&bin));
+                    assert_eq!(sequoia(&block).as_ref(), Some(&bin));
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 150, "{compared} certificates");
+    }
+
+    proptest::proptest! {
+        /// Whatever armor the fast path accepts, Sequoia reads the same bytes from it.
+        #[test]
+        fn mangled_armor_is_read_as_sequoia_reads_it_or_left_to_sequoia(
+            len in 0usize..400,
+            edits in proptest::collection::vec((0usize..1000, proptest::sample::select(
+                b"AZaz09+/=\n\r -:.!\t".to_vec())), 0..4),
+            cut in proptest::option::of(0usize..1000),
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 131 % 256) as u8).collect();
+            let mut block = armor_public_keys([data.as_slice()]);
+            for (at, c) in edits {
+                let at = at % (block.len() + 1);
+                match at % 3 {
+                    0 => block.insert(at, c),
+                    1 if at < block.len() => { block.remove(at); }
+                    _ if at < block.len() => block[at] = c,
+                    _ => {}
+                }
+            }
+            if let Some(cut) = cut {
+                block.truncate(cut % (block.len() + 1));
+            }
+            if let Some(fast) = dearmor_public_key_block(&block) {
+                proptest::prop_assert_eq!(Some(fast), sequoia(&block));
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //!    certificate size cap, shedding the oldest third-party certifications first. Never a
 //!    self-signature or a revocation.
 //! 4. Require a valid self-signed user id or a direct-key signature under [`super::policy_at`].
+use sequoia_openpgp::crypto::mpi;
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts};
@@ -17,7 +19,7 @@ use sequoia_openpgp::types::SignatureType;
 use sequoia_openpgp::{Cert, KeyHandle, Packet};
 
 use super::parse::{one_line, RawCert};
-use super::relocate::{fits_user_attribute, fits_userid, is_certification, relocate};
+use super::relocate::{is_certification, relocate, Digests};
 use super::{policy_at, Limits, PgpError, ThirdPartyPolicy};
 
 pub(super) type Primary = Key<PublicParts, PrimaryRole>;
@@ -58,6 +60,7 @@ pub fn clean(
         }
     }
     let kept = relocate(misplaced, kept, &primary);
+    let kept = prune_certifications(kept, &handle, limits);
     let cert = Cert::from_packets(kept.into_iter()).map_err(|e| PgpError::Invalid(one_line(&e)))?;
     // A component without a verified self-signature is unbound: drop it, so nobody can
     // make a key findable under a user id its owner never signed. One that only carries
@@ -120,6 +123,7 @@ fn verdicts(
     handle: &KeyHandle,
     limits: &Limits,
 ) -> Vec<Verdict> {
+    let mut digests = Digests::new(pk);
     packets
         .iter()
         .zip(on)
@@ -128,7 +132,7 @@ fn verdicts(
             Packet::PublicKey(_) | Packet::PublicSubkey(_) | Packet::UserID(_) => Verdict::Keep,
             Packet::UserAttribute(_) if *on == Some(i) => Verdict::Keep,
             Packet::Signature(sig) => match on {
-                Some(c) => keep_signature(sig, &packets[*c], pk, handle, limits),
+                Some(c) => keep_signature(sig, (*c, &packets[*c]), &mut digests, handle, limits),
                 None => Verdict::Drop,
             },
             _ => Verdict::Drop,
@@ -136,13 +140,15 @@ fn verdicts(
         .collect()
 }
 
+/// The verdict on `sig`, which follows the component `on` (its position and packet).
 fn keep_signature(
     sig: &Signature,
-    on: &Packet,
-    pk: &Primary,
+    (at, on): (usize, &Packet),
+    digests: &mut Digests,
     handle: &KeyHandle,
     limits: &Limits,
 ) -> Verdict {
+    let pk = digests.primary();
     use SignatureType::*;
     if !claims_primary(sig, handle) {
         // Third-party: certifications and revocations on user ids and attributes, and
@@ -155,8 +161,9 @@ fn keep_signature(
         }
         let on_user = is_certification(sig.typ()) || sig.typ() == CertificationRevocation;
         return match on {
-            Packet::UserID(u) if on_user && fits_userid(sig, pk, u) => Verdict::Keep,
-            Packet::UserAttribute(ua) if on_user && fits_user_attribute(sig, pk, ua) => {
+            Packet::UserID(_) | Packet::UserAttribute(_)
+                if on_user && digests.fits(sig, at, on) =>
+            {
                 Verdict::Keep
             }
             Packet::PublicKey(_) if sig.typ() == KeyRevocation => Verdict::Keep,
@@ -244,6 +251,62 @@ fn third_party(packets: &[Packet], handle: &KeyHandle) -> Vec<Certification> {
         }
     }
     out
+}
+
+/// Drop the third-party certifications that [`shed`] is sure to drop, before the
+/// certificate is built: under a cap of N per user id, those with at least N distinct
+/// certifications made strictly later on the same user id or attribute. Sequoia then hashes
+/// fewer signatures, and a flooded certificate is built once instead of twice. Which of the
+/// rest go (ties at the cap, the size cap) is still for `shed` to decide on the canonical
+/// form, so the result is the same: signatures are counted as distinct by their value only,
+/// which never counts more than sequoia keeps, and a user id sent twice is counted per copy,
+/// which never counts more than the merged user id holds.
+fn prune_certifications(packets: Vec<Packet>, handle: &KeyHandle, limits: &Limits) -> Vec<Packet> {
+    let cap = match limits.third_party {
+        ThirdPartyPolicy::Keep => return packets,
+        ThirdPartyPolicy::Drop => 0,
+        ThirdPartyPolicy::Cap(n) => n as usize,
+    };
+    // Most certificates have no component with more than `cap` signatures of any kind.
+    let mut on_component = 0usize;
+    let over_cap = packets.iter().any(|p| {
+        on_component = match p {
+            Packet::Signature(_) => on_component + 1,
+            _ => 0,
+        };
+        on_component > cap
+    });
+    if !over_cap {
+        return packets;
+    }
+    let certifications = third_party(&packets, handle);
+    let mut drop = vec![false; packets.len()];
+    for on_one in certifications.chunk_by(|a, b| a.component == b.component) {
+        if on_one.len() <= cap {
+            continue;
+        }
+        // The latest creation time of each distinct signature value, newest first.
+        let mut by_value: BTreeMap<&mpi::Signature, SystemTime> = BTreeMap::new();
+        for c in on_one {
+            if let Packet::Signature(sig) = &packets[c.position] {
+                let t = by_value.entry(sig.mpis()).or_insert(c.created);
+                *t = (*t).max(c.created);
+            }
+        }
+        let mut newest: Vec<SystemTime> = by_value.into_values().collect();
+        newest.sort_unstable_by(|a, b| b.cmp(a));
+        for c in on_one {
+            if newest.partition_point(|t| *t > c.created) >= cap {
+                drop[c.position] = true;
+            }
+        }
+    }
+    packets
+        .into_iter()
+        .zip(drop)
+        .filter(|(_, d)| !d)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// The flooding defence, applied at ingestion and after every merge. Deterministic: the

@@ -1,12 +1,14 @@
-//! The flooding defence's shortcut: [`super::within_limits`] says "nothing to shed" exactly
-//! when the packet path would drop nothing, on every certificate of Debian's keyrings and
-//! under limits that do and do not bite.
+//! The flooding defence's shortcuts, on every certificate of Debian's keyrings and under
+//! limits that do and do not bite: [`super::within_limits`] says "nothing to shed" exactly
+//! when the packet path would drop nothing, and pruning before the certificate is built
+//! ([`super::prune_certifications`]) never drops what shedding the built one would keep.
 use sequoia_openpgp::cert::CertParser;
 use sequoia_openpgp::parse::Parse;
 use sequoia_openpgp::serialize::MarshalInto;
 use sequoia_openpgp::{Cert, KeyHandle, Packet};
 
-use super::super::tests::debian_keyrings;
+use super::super::tests::{debian_keyrings, flood_at, gen, t0};
+use super::super::{parse_submission, Parsed};
 use super::super::{Limits, ThirdPartyPolicy};
 use super::{clean, shed, to_shed, within_limits};
 
@@ -84,4 +86,76 @@ fn the_shortcut_agrees_with_the_packet_path_on_every_debian_certificate() {
     for (i, w) in within.iter().enumerate().skip(1) {
         assert!(*w > 0 && *w < total, "limits {i}: {w} of {total} within");
     }
+}
+
+/// Cleaning under `limits` gives what cleaning without any and then shedding through the
+/// packets gives: pruning early changed nothing but the cost.
+fn assert_pruning_changes_nothing(raw: impl Into<super::RawCert>, limits: &[Limits]) -> usize {
+    let raw = raw.into();
+    let fpr = raw.fingerprint();
+    let keep_all = Limits {
+        third_party: ThirdPartyPolicy::Keep,
+        max_cert_bytes: u32::MAX,
+        ..Limits::default()
+    };
+    let Ok(unlimited) = clean(raw.clone(), &keep_all, t0()) else {
+        return 0;
+    };
+    let mut shed_something = 0;
+    for l in limits {
+        let expected = shed_by_packets(&unlimited, l);
+        let got = clean(raw.clone(), l, t0())
+            .ok()
+            .map(|c| c.to_vec().unwrap());
+        assert!(got == expected, "{fpr} under {l:?}");
+        shed_something += usize::from(expected != Some(unlimited.to_vec().unwrap()));
+    }
+    shed_something
+}
+
+#[test]
+fn pruning_before_the_build_gives_what_shedding_after_it_gives() {
+    let limits = [
+        Limits::default(),
+        Limits {
+            third_party: ThirdPartyPolicy::Cap(3),
+            ..Limits::default()
+        },
+        Limits {
+            third_party: ThirdPartyPolicy::Cap(1),
+            max_cert_bytes: 30 << 10,
+            ..Limits::default()
+        },
+        Limits {
+            third_party: ThirdPartyPolicy::Drop,
+            ..Limits::default()
+        },
+    ];
+    let (mut certs, mut shed) = (0, 0);
+    for bytes in debian_keyrings() {
+        for item in parse_submission(&bytes, &Limits::default()).unwrap() {
+            if let Parsed::Cert(raw) = item {
+                shed += assert_pruning_changes_nothing(raw, &limits);
+                certs += 1;
+            }
+        }
+    }
+    assert!(certs > 1000, "{certs} certificates");
+    assert!(
+        shed > 1000,
+        "only {shed} (certificate, limit) pairs shed anything"
+    );
+
+    // Certifications made at the same second as the cap's last: which of them stay is for
+    // `shed` to decide (by canonical order), so pruning must leave them all.
+    let target = gen("Target <target@example.org>");
+    let tied = flood_at(
+        &target,
+        [10, 20, 30, 30, 30, 30, 40, 50].map(|t| 1_700_000_000 + t),
+    );
+    let caps = (0..=8).map(|n| Limits {
+        third_party: ThirdPartyPolicy::Cap(n),
+        ..Limits::default()
+    });
+    assert!(assert_pruning_changes_nothing(tied, &caps.collect::<Vec<_>>()) >= 7);
 }

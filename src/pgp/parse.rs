@@ -42,8 +42,12 @@ pub fn parse_submission(input: &[u8], limits: &Limits) -> Result<Vec<Parsed>, Pg
         parse_binary(input, limits, &mut out)?;
     } else {
         for block in blocks {
-            if block.windows(7).any(|w| w == b"PRIVATE") {
+            if find(block, b"PRIVATE").is_some() {
                 return Err(PgpError::SecretKeyMaterial);
+            }
+            if let Some(bin) = super::armor::dearmor_public_key_block(block) {
+                parse_binary(&bin, limits, &mut out)?;
+                continue;
             }
             let mut bin = Vec::new();
             let mut r = Reader::from_bytes(block, ReaderMode::Tolerant(Some(Kind::PublicKey)));
@@ -100,7 +104,7 @@ pub fn armor_blocks(input: &[u8]) -> Vec<&[u8]> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// A certificate's packets as submitted: a public key first, then everything up to the next

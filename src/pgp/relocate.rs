@@ -11,6 +11,9 @@
 //!
 //! A signature that fits nowhere is dropped. The work is bounded: a forged submission cannot
 //! make a node verify every signature against every component.
+use std::collections::btree_map::{BTreeMap, Entry};
+
+use sequoia_openpgp::crypto::hash::{Context, Hash as _};
 use sequoia_openpgp::packet::{Signature, UserAttribute, UserID};
 use sequoia_openpgp::types::SignatureType;
 use sequoia_openpgp::Packet;
@@ -45,7 +48,7 @@ pub(super) fn fits_user_attribute(sig: &Signature, pk: &Primary, ua: &UserAttrib
 
 fn prefix_matches(
     sig: &Signature,
-    hash: impl FnOnce(&Signature, &mut sequoia_openpgp::crypto::hash::Context) -> anyhow::Result<()>,
+    hash: impl FnOnce(&Signature, &mut Context) -> anyhow::Result<()>,
 ) -> bool {
     let Ok(builder) = sig.hash_algo().context() else {
         return false;
@@ -54,8 +57,80 @@ fn prefix_matches(
     if hash(sig, &mut ctx).is_err() {
         return false;
     }
+    digest_starts_with_prefix(ctx, sig)
+}
+
+fn digest_starts_with_prefix(ctx: Context, sig: &Signature) -> bool {
     ctx.into_digest()
         .is_ok_and(|d| d.get(..2) == Some(&sig.digest_prefix()[..]))
+}
+
+/// The digest-prefix test of [`fits_userid`] and [`fits_user_attribute`] for the many
+/// certifications of one certificate. Each digest hashes the primary key, the user id or
+/// attribute, then the signature's own fields; the first two, about nine tenths of the bytes
+/// for an RSA key, are the same for every certification of a component, so they are hashed
+/// once per component, hash algorithm and signature version, and each signature hashes only
+/// its own fields on a copy of that state. v6 signatures hash a salt of their own first and
+/// take the long way.
+pub(super) struct Digests<'a> {
+    pk: &'a Primary,
+    /// (component's position, hash algorithm, signature version) → the state after hashing
+    /// the primary key and the component.
+    prefixes: BTreeMap<(usize, u8, u8), Context>,
+}
+
+impl<'a> Digests<'a> {
+    pub(super) fn new(pk: &'a Primary) -> Self {
+        Digests {
+            pk,
+            prefixes: BTreeMap::new(),
+        }
+    }
+
+    /// The primary key the digests are over.
+    pub(super) fn primary(&self) -> &'a Primary {
+        self.pk
+    }
+
+    /// Whether `sig`, a certification or certification revocation, fits `component` (a user
+    /// id or attribute; `at` tells components apart) by its digest prefix. The same answer as
+    /// [`fits_userid`] and [`fits_user_attribute`].
+    pub(super) fn fits(&mut self, sig: &Signature, at: usize, component: &Packet) -> bool {
+        let typ = sig.typ();
+        if !(is_certification(typ) || typ == SignatureType::CertificationRevocation) {
+            return false;
+        }
+        if sig.version() >= 6 {
+            return match component {
+                Packet::UserID(u) => fits_userid(sig, self.pk, u),
+                Packet::UserAttribute(ua) => fits_user_attribute(sig, self.pk, ua),
+                _ => false,
+            };
+        }
+        let memo = (at, u8::from(sig.hash_algo()), sig.version());
+        let mut ctx = match self.prefixes.entry(memo) {
+            Entry::Occupied(e) => e.get().clone(),
+            Entry::Vacant(e) => {
+                let Ok(builder) = sig.hash_algo().context() else {
+                    return false;
+                };
+                let mut ctx = builder.for_signature(sig.version());
+                let hashed = self.pk.hash(&mut ctx).and_then(|()| match component {
+                    Packet::UserID(u) => u.hash(&mut ctx),
+                    Packet::UserAttribute(ua) => ua.hash(&mut ctx),
+                    _ => Err(anyhow::anyhow!("not a user id or attribute")),
+                });
+                if hashed.is_err() {
+                    return false;
+                }
+                e.insert(ctx).clone()
+            }
+        };
+        if sig.hash(&mut ctx).is_err() {
+            return false;
+        }
+        digest_starts_with_prefix(ctx, sig)
+    }
 }
 
 /// `kept` (primary key first) with each of `misplaced` (a signature, and whether it claims
@@ -70,27 +145,21 @@ pub(super) fn relocate(
     }
     let mut verifications = 0usize;
     let mut digests = 0usize;
+    let mut prefixes = Digests::new(pk);
     // For each kept packet, the signatures to put right after it.
     let mut after: Vec<Vec<Packet>> = vec![Vec::new(); kept.len()];
     for (sig, by_primary) in misplaced {
         let home = if by_primary {
             self_signature_home(&sig, &kept, pk, &mut verifications)
         } else {
-            kept.iter().position(|p| {
-                if digests >= MAX_DIGESTS {
+            kept.iter().enumerate().position(|(at, p)| {
+                if digests >= MAX_DIGESTS
+                    || !matches!(p, Packet::UserID(_) | Packet::UserAttribute(_))
+                {
                     return false;
                 }
-                match p {
-                    Packet::UserID(u) => {
-                        digests += 1;
-                        fits_userid(&sig, pk, u)
-                    }
-                    Packet::UserAttribute(ua) => {
-                        digests += 1;
-                        fits_user_attribute(&sig, pk, ua)
-                    }
-                    _ => false,
-                }
+                digests += 1;
+                prefixes.fits(&sig, at, p)
             })
         };
         if let Some(i) = home {

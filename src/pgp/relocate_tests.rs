@@ -98,3 +98,45 @@ fn one_pass_clean_equals_canonicalise_then_clean_on_debian_keyrings() {
     }
     assert!(compared > 1000, "compared {compared} certificates");
 }
+
+/// The shared-prefix digest test answers as the one that hashes everything, for every
+/// certification of Debian's certificates against its own user id and against the next one.
+#[test]
+fn digests_with_a_shared_prefix_fit_where_full_digests_fit() {
+    use super::{fits_userid, Digests};
+    let (mut fits, mut misfits) = (0, 0);
+    for bytes in debian_keyrings().into_iter().take(1) {
+        for item in parse_submission(&bytes, &Limits::default()).unwrap() {
+            let Parsed::Cert(raw) = item else { continue };
+            let Ok(cert) = raw.into_cert() else { continue };
+            let pk = cert.primary_key().key().clone();
+            let mut digests = Digests::new(&pk);
+            let uids: Vec<Packet> = cert.userids().map(|u| u.userid().clone().into()).collect();
+            for (i, u) in cert.userids().enumerate() {
+                for sig in u.certifications().chain(u.self_signatures()) {
+                    for at in [i, (i + 1) % uids.len()] {
+                        let Packet::UserID(uid) = &uids[at] else {
+                            unreachable!()
+                        };
+                        let full = fits_userid(sig, &pk, uid);
+                        assert_eq!(
+                            digests.fits(sig, at, &uids[at]),
+                            full,
+                            "{}",
+                            cert.fingerprint()
+                        );
+                        if full {
+                            fits += 1
+                        } else {
+                            misfits += 1
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        fits > 10_000 && misfits > 5_000,
+        "{fits} fit, {misfits} do not"
+    );
+}

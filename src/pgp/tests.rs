@@ -53,14 +53,20 @@ fn primary_signer(cert: &Cert) -> sequoia_openpgp::crypto::KeyPair {
 
 /// `n` third-party certifications of `target`'s first user id, one second apart.
 pub(super) fn flood(target: &Cert, n: usize) -> Cert {
+    flood_at(target, (0..n as u64).map(|i| 1_700_000_100 + i))
+}
+
+/// Third-party certifications of `target`'s first user id made at each of `times` (seconds
+/// since the epoch), by one signer.
+pub(super) fn flood_at(target: &Cert, times: impl IntoIterator<Item = u64>) -> Cert {
     let signer = gen("Flooder <flood@example.org>");
     let mut keypair = primary_signer(&signer);
     let uid = target.userids().next().unwrap().userid().clone();
     let pk = target.primary_key().key();
     let mut sigs: Vec<Packet> = Vec::new();
-    for i in 0..n {
+    for t in times {
         let sig = SignatureBuilder::new(SignatureType::GenericCertification)
-            .set_signature_creation_time(UNIX_EPOCH + Duration::from_secs(1_700_000_100 + i as u64))
+            .set_signature_creation_time(UNIX_EPOCH + Duration::from_secs(t))
             .unwrap()
             .sign_userid_binding(&mut keypair, pk, &uid)
             .unwrap();
