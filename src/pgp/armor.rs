@@ -107,7 +107,14 @@ const END_PUBLIC: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
 /// (RFC 9580 §6.1: a checksum that disagrees must not make an implementation reject the
 /// data).
 pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
-    let mut lines = block.split(|&b| b == b'\n').map(<[u8]>::trim_ascii_end);
+    let mut start = 0;
+    let mut lines = memchr::memchr_iter(b'\n', block)
+        .chain(std::iter::once(block.len()))
+        .map(|end| {
+            let line = block[start..end].trim_ascii_end();
+            start = end + 1;
+            line
+        });
     if lines.next()? != BEGIN_PUBLIC {
         return None;
     }
@@ -119,6 +126,8 @@ pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
             return None;
         }
     }
+    // Body lines are copied as they are: the decoder refuses any character outside the
+    // alphabet, blanks included, and padding anywhere but at the end.
     let mut base64 = Vec::with_capacity(block.len());
     let (mut checksum, mut ended) = (false, false);
     for line in lines {
@@ -129,11 +138,8 @@ pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
             [b'=', rest @ ..] if !checksum && rest.len() == 4 && rest.iter().all(is_base64) => {
                 checksum = true;
             }
-            _ if checksum => return None,
-            _ if !line.is_empty() && line.iter().all(|&c| is_base64(&c) || c == b'=') => {
-                base64.extend_from_slice(line);
-            }
-            _ => return None,
+            _ if checksum || line.is_empty() || line.starts_with(b"-") => return None,
+            _ => base64.extend_from_slice(line),
         }
     }
     if !ended {

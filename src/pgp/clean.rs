@@ -9,7 +9,6 @@
 //!    self-signature or a revocation.
 //! 4. Require a valid self-signed user id or a direct-key signature under [`super::policy_at`].
 use sequoia_openpgp::crypto::mpi;
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts};
@@ -258,9 +257,10 @@ fn third_party(packets: &[Packet], handle: &KeyHandle) -> Vec<Certification> {
 /// certifications made strictly later on the same user id or attribute. Sequoia then hashes
 /// fewer signatures, and a flooded certificate is built once instead of twice. Which of the
 /// rest go (ties at the cap, the size cap) is still for `shed` to decide on the canonical
-/// form, so the result is the same: signatures are counted as distinct by their value only,
-/// which never counts more than sequoia keeps, and a user id sent twice is counted per copy,
-/// which never counts more than the merged user id holds.
+/// form, so the result is the same: signatures count as distinct by creation time and value
+/// only (copies sequoia merges agree on both, as they agree on all they sign), which never
+/// counts more than sequoia keeps, and a user id sent twice is counted per copy, which never
+/// counts more than the merged user id holds.
 fn prune_certifications(packets: Vec<Packet>, handle: &KeyHandle, limits: &Limits) -> Vec<Packet> {
     let cap = match limits.third_party {
         ThirdPartyPolicy::Keep => return packets,
@@ -285,16 +285,18 @@ fn prune_certifications(packets: Vec<Packet>, handle: &KeyHandle, limits: &Limit
         if on_one.len() <= cap {
             continue;
         }
-        // The latest creation time of each distinct signature value, newest first.
-        let mut by_value: BTreeMap<&mpi::Signature, SystemTime> = BTreeMap::new();
-        for c in on_one {
-            if let Packet::Signature(sig) = &packets[c.position] {
-                let t = by_value.entry(sig.mpis()).or_insert(c.created);
-                *t = (*t).max(c.created);
-            }
-        }
-        let mut newest: Vec<SystemTime> = by_value.into_values().collect();
-        newest.sort_unstable_by(|a, b| b.cmp(a));
+        // One creation time per distinct (creation time, signature value), newest first:
+        // copies sequoia merges share both, so they count once.
+        let mut distinct: Vec<(SystemTime, &mpi::Signature)> = on_one
+            .iter()
+            .filter_map(|c| match &packets[c.position] {
+                Packet::Signature(sig) => Some((c.created, sig.mpis())),
+                _ => None,
+            })
+            .collect();
+        distinct.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        distinct.dedup();
+        let newest: Vec<SystemTime> = distinct.into_iter().map(|(t, _)| t).collect();
         for c in on_one {
             if newest.partition_point(|t| *t > c.created) >= cap {
                 drop[c.position] = true;
