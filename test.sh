@@ -11,6 +11,7 @@ cargo fmt --all -- --check
 cargo build --locked --bins --tests
 cargo test --locked --no-fail-fast -- --test-threads 2
 # deploy/: the compose recipe in real containers (Docker from apt, a debootstrapped base image),
-# around the binary just built.
-KEYRAFT_BIN="$KEYRAFT_BIN" scripts/container_test.sh
+# around the binary just built, with Compose v1 (Debian's docker-compose) and v2 (the plugin).
+KEYRAFT_BIN="$KEYRAFT_BIN" COMPOSE=v1 scripts/container_test.sh
+KEYRAFT_BIN="$KEYRAFT_BIN" COMPOSE=v2 scripts/container_test.sh
 cargo clippy --locked --all-targets -- -D warnings

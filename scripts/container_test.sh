@@ -25,8 +25,11 @@
 #                 built on Debian bookworm (glibc 2.36) or older
 #   DEADLINE      seconds allowed for each wait (default 180)
 #   KEEP_WORKDIR  1: keep the temporary directory (compose copy, logs) after a PASS too
+#   COMPOSE       v1: docker-compose (Debian's 1.29); v2: docker compose (the CLI plugin, from
+#                 Debian trixie by scripts/compose_v2.sh when missing); default: v2 when it
+#                 answers, else v1. ./test.sh runs both.
 # Not covered: the build-from-source stage of deploy/Dockerfile (rust:bookworm cannot be pulled
-# here) and deploy/k8s.
+# here), the official haproxy image (likewise) and deploy/k8s.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -90,9 +93,16 @@ done
 docker_answers() { docker info >/dev/null 2>&1; }
 # An existing daemon (Docker CE, ...) is used as it is; otherwise Debian's docker.io.
 if ! docker_answers && ! command -v dockerd >/dev/null; then need+=(docker.io); fi
-if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
-  need+=(docker-compose)
-fi
+compose_kind="${COMPOSE:-auto}"
+case $compose_kind in
+  v1) command -v docker-compose >/dev/null || need+=(docker-compose) ;;
+  v2) ;;
+  auto)
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+      need+=(docker-compose)
+    fi ;;
+  *) fail "COMPOSE is v1, v2 or unset, not '$compose_kind'" ;;
+esac
 if ((${#need[@]})); then
   say "apt-get install ${need[*]}"
   apt-get update -qq
@@ -108,7 +118,11 @@ if ! docker_answers; then
   docker_answers || fail "dockerd did not come up: $(tail -5 "$work/dockerd.log")"
 fi
 
-if docker compose version >/dev/null 2>&1; then compose=(docker compose -p "$project")
+if [[ $compose_kind == v2 ]]; then
+  "$repo/scripts/compose_v2.sh" || fail "could not install Compose v2 (scripts/compose_v2.sh)"
+fi
+if [[ $compose_kind == v2 ]] || { [[ $compose_kind == auto ]] && docker compose version >/dev/null 2>&1; }
+then compose=(docker compose -p "$project")
 else compose=(docker-compose -p "$project"); fi
 # BuildKit is needed: it skips the unused build stage (rust:bookworm cannot be pulled here). The
 # docker CLI on PATH may be a newer one without the buildx plugin, which cannot use BuildKit;

@@ -98,8 +98,9 @@ const END_PUBLIC: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
 
 /// The contents of `block`, one armored public key block as gpg, sq and [`armor_public_keys`]
 /// write it, if it is exactly that: the BEGIN line, `Key: value` header lines, an empty line,
-/// lines of base64, optionally the checksum line, the END line (each line may end in CR or
-/// blanks). `None` for anything else, which the caller hands to Sequoia's tolerant reader.
+/// lines of base64, optionally the checksum line, the END line (each line may end in CR and
+/// a few blanks). `None` for anything else, which the caller hands to Sequoia's tolerant
+/// reader.
 ///
 /// Sequoia's reader gives the same bytes for such a block (a test checks it on Debian's
 /// keyrings and on mangled armor) but filters the text one character at a time, which cost
@@ -108,17 +109,22 @@ const END_PUBLIC: &[u8] = b"-----END PGP PUBLIC KEY BLOCK-----";
 /// data).
 pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
     let mut start = 0;
+    // Each line without its line end and trailing blanks; `None` for a line with more than a
+    // few trailing blanks, which Sequoia's reader, working through a window of the text at a
+    // time, may take for the end of the data.
     let mut lines = memchr::memchr_iter(b'\n', block)
         .chain(std::iter::once(block.len()))
         .map(|end| {
-            let line = block[start..end].trim_ascii_end();
+            let raw = &block[start..end];
             start = end + 1;
-            line
+            let line = raw.trim_ascii_end();
+            (raw.len() - line.len() <= 8).then_some(line)
         });
-    if lines.next()? != BEGIN_PUBLIC {
+    if lines.next()?? != BEGIN_PUBLIC {
         return None;
     }
     for line in lines.by_ref() {
+        let line = line?;
         if line.is_empty() {
             break;
         }
@@ -131,6 +137,7 @@ pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
     let mut base64 = Vec::with_capacity(block.len());
     let (mut checksum, mut ended) = (false, false);
     for line in lines {
+        let line = line?;
         match line {
             b"" if ended => {}
             _ if ended => return None,
@@ -148,14 +155,16 @@ pub fn dearmor_public_key_block(block: &[u8]) -> Option<Vec<u8>> {
     STANDARD.decode(&base64).ok()
 }
 
-/// `Name: value`, as armor headers are written.
+/// `Name: value`, as armor headers are written, with a value (Sequoia's reader takes a first
+/// line `Name:` for data).
 fn is_header(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&c| c == b':') else {
         return false;
     };
     colon > 0
         && line[..colon].iter().all(|c| c.is_ascii_graphic())
-        && line.get(colon + 1).is_none_or(|&c| c == b' ')
+        && line.get(colon + 1) == Some(&b' ')
+        && line.len() > colon + 2
 }
 
 fn is_base64(c: &u8) -> bool {
@@ -235,6 +244,29 @@ mod tests {
             }
         }
         assert!(compared > 150, "{compared} certificates");
+    }
+
+    #[test]
+    fn armor_sequoia_would_refuse_is_left_to_sequoia() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+        let good = String::from_utf8(armor_public_keys([data.as_slice()])).unwrap();
+        assert_eq!(
+            dearmor_public_key_block(good.as_bytes()),
+            Some(data.clone())
+        );
+        // A first header without a value: Sequoia reads it as data and fails.
+        let empty_header = good.replacen("\n\n", "\nComment:\n\n", 1);
+        assert_eq!(dearmor_public_key_block(empty_header.as_bytes()), None);
+        assert_eq!(sequoia(empty_header.as_bytes()), None);
+        // Many blanks after a line of data: Sequoia may stop there.
+        let first_line_end = good.find("\n\n").unwrap() + 2 + 64;
+        let padded = format!(
+            "{}{}{}",
+            &good[..first_line_end],
+            " ".repeat(200_000),
+            &good[first_line_end..]
+        );
+        assert_eq!(dearmor_public_key_block(padded.as_bytes()), None);
     }
 
     proptest::proptest! {

@@ -157,5 +157,32 @@ fn pruning_before_the_build_gives_what_shedding_after_it_gives() {
         third_party: ThirdPartyPolicy::Cap(n),
         ..Limits::default()
     });
-    assert!(assert_pruning_changes_nothing(tied, &caps.collect::<Vec<_>>()) >= 7);
+    let caps: Vec<Limits> = caps.collect();
+    assert!(assert_pruning_changes_nothing(tied.clone(), &caps) >= 7);
+
+    // What sequoia merges: the same certification sent twice, and the user id sent twice with
+    // the certifications split between the copies. Counting a copy twice, or counting per
+    // merged user id, would prune what `shed` keeps.
+    let packets: Vec<Packet> = tied.into_packets().collect();
+    let uid_at = packets
+        .iter()
+        .position(|p| matches!(p, Packet::UserID(_)))
+        .unwrap();
+    let certifications: Vec<&Packet> = packets
+        .iter()
+        .filter(|p| matches!(p, Packet::Signature(s) if s.get_issuers().iter().all(|i| !i.aliases(&KeyHandle::from(target.fingerprint())))))
+        .collect();
+    assert_eq!(certifications.len(), 8);
+    let mut twice = packets.clone();
+    twice.extend(certifications.iter().take(5).map(|p| (*p).clone()));
+    twice.push(packets[uid_at].clone());
+    twice.extend(certifications.iter().skip(3).map(|p| (*p).clone()));
+    let bin: Vec<u8> = twice.iter().flat_map(|p| p.to_vec().unwrap()).collect();
+    let Parsed::Cert(raw) = parse_submission(&bin, &Limits::default())
+        .unwrap()
+        .remove(0)
+    else {
+        panic!("not a certificate")
+    };
+    assert!(assert_pruning_changes_nothing(raw, &caps) >= 7);
 }

@@ -26,6 +26,10 @@ const MAX_VERIFICATIONS: usize = 64;
 /// Most digests computed for out-of-place third-party certifications (each hashes the
 /// primary key and one user id: microseconds).
 const MAX_DIGESTS: usize = 16_384;
+/// Most hash states [`Digests`] keeps at once (a SHA-1 state with collision detection is
+/// about 2.4 KB): a submission of many user ids each with a certification must not make it
+/// hold one per user id. A component's signatures come together, so few are needed.
+const MAX_PREFIXES: usize = 64;
 
 /// A user id certification of any of the four kinds.
 pub(super) fn is_certification(t: SignatureType) -> bool {
@@ -108,6 +112,9 @@ impl<'a> Digests<'a> {
             };
         }
         let memo = (at, u8::from(sig.hash_algo()), sig.version());
+        if self.prefixes.len() >= MAX_PREFIXES && !self.prefixes.contains_key(&memo) {
+            self.prefixes.clear();
+        }
         let mut ctx = match self.prefixes.entry(memo) {
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(e) => {

@@ -140,3 +140,26 @@ fn digests_with_a_shared_prefix_fit_where_full_digests_fit() {
         "{fits} fit, {misfits} do not"
     );
 }
+
+/// A submission of many user ids, each with a certification, does not make the digest cache
+/// hold a hash state per user id.
+#[test]
+fn the_digest_cache_is_bounded() {
+    use super::{Digests, MAX_PREFIXES};
+    let c = flood(&gen("Alice <alice@example.org>"), 1);
+    let pk = c.primary_key().key().clone();
+    let sig = c
+        .userids()
+        .next()
+        .unwrap()
+        .certifications()
+        .next()
+        .unwrap()
+        .clone();
+    let uid: Packet = c.userids().next().unwrap().userid().clone().into();
+    let mut digests = Digests::new(&pk);
+    for at in 0..10 * MAX_PREFIXES {
+        assert!(digests.fits(&sig, at, &uid));
+        assert!(digests.prefixes.len() <= MAX_PREFIXES);
+    }
+}
