@@ -168,10 +168,12 @@ fn pruning_before_the_build_gives_what_shedding_after_it_gives() {
         .iter()
         .position(|p| matches!(p, Packet::UserID(_)))
         .unwrap();
-    let certifications: Vec<&Packet> = packets
-        .iter()
-        .filter(|p| matches!(p, Packet::Signature(s) if s.get_issuers().iter().all(|i| !i.aliases(&KeyHandle::from(target.fingerprint())))))
-        .collect();
+    let own = KeyHandle::from(target.fingerprint());
+    let by_others = |p: &&Packet| match p {
+        Packet::Signature(s) => s.get_issuers().iter().all(|i| !i.aliases(&own)),
+        _ => false,
+    };
+    let certifications: Vec<&Packet> = packets.iter().filter(by_others).collect();
     assert_eq!(certifications.len(), 8);
     let mut twice = packets.clone();
     twice.extend(certifications.iter().take(5).map(|p| (*p).clone()));
