@@ -209,7 +209,8 @@ say "${compose[*]} up -d"
 # --- helpers -----------------------------------------------------------------------------------
 declare -A port=([n1]=$N1_PORT [n2]=$N2_PORT [n3]=$N3_PORT)
 hkp=127.0.0.1:$HKP_PORT
-cid() { "${compose[@]}" ps -q "$1"; }
+# The container of service $1, running or not (Compose v2 lists only running ones without -a).
+cid() { "${compose[@]}" ps -a -q "$1"; }
 is_healthy() {
   [[ $(docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")" 2>/dev/null) == healthy ]]
 }
