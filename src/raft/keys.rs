@@ -232,10 +232,8 @@ impl Keyserver {
             let fwd = self.forwarder.as_ref().expect("checked above");
             let bytes =
                 rmp_serde::to_vec_named(&cmd).map_err(|e| RaftError::Codec(e.to_string()))?;
-            let sent = std::time::Instant::now();
             match fwd.forward(&leader.node, bytes).await {
                 Ok((resp, index)) => {
-                    let forwarded = sent.elapsed();
                     let resp: Response = rmp_serde::from_slice(&resp)
                         .map_err(|e| RaftError::Codec(e.to_string()))?;
                     // The leader's answer is the outcome. A node that cannot apply it in time
@@ -245,8 +243,6 @@ impl Keyserver {
                         tracing::warn!(index, error = %e,
                             "a forwarded write committed, but this node has not applied it yet");
                     }
-                    tracing::debug!(?forwarded, waited = ?sent.elapsed() - forwarded, index,
-                        "forwarded");
                     return Ok((resp, index));
                 }
                 Err(reason) => {
