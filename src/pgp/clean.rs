@@ -8,9 +8,9 @@
 //!    certificate size cap, shedding the oldest third-party certifications first. Never a
 //!    self-signature or a revocation.
 //! 4. Require a valid self-signed user id or a direct-key signature under [`super::policy_at`].
-use sequoia_openpgp::crypto::mpi;
 use std::time::SystemTime;
 
+use sequoia_openpgp::crypto::mpi;
 use sequoia_openpgp::packet::key::{PrimaryRole, PublicParts};
 use sequoia_openpgp::packet::{Key, Signature};
 use sequoia_openpgp::serialize::MarshalInto;
@@ -303,12 +303,19 @@ fn prune_certifications(packets: Vec<Packet>, handle: &KeyHandle, limits: &Limit
             }
         }
     }
+    without_dropped(packets, drop).collect()
+}
+
+/// The packets whose `drop` flag is false, in order.
+pub(super) fn without_dropped(
+    packets: Vec<Packet>,
+    drop: Vec<bool>,
+) -> impl Iterator<Item = Packet> {
     packets
         .into_iter()
         .zip(drop)
         .filter(|(_, d)| !d)
         .map(|(p, _)| p)
-        .collect()
 }
 
 /// The flooding defence, applied at ingestion and after every merge. Deterministic: the
@@ -323,12 +330,7 @@ pub fn shed(cert: Cert, limits: &Limits) -> Result<Cert, PgpError> {
     let handle = KeyHandle::from(cert.fingerprint());
     let packets: Vec<Packet> = cert.into_packets().collect();
     let drop = to_shed(&packets, &handle, limits)?;
-    let kept = packets
-        .into_iter()
-        .zip(drop)
-        .filter(|(_, d)| !d)
-        .map(|(p, _)| p);
-    Cert::from_packets(kept).map_err(|e| PgpError::Invalid(one_line(&e)))
+    Cert::from_packets(without_dropped(packets, drop)).map_err(|e| PgpError::Invalid(one_line(&e)))
 }
 
 /// True when [`to_shed`] would drop nothing from `cert`'s packets: no user id or attribute

@@ -10,7 +10,7 @@ use sequoia_openpgp::{Cert, KeyHandle, Packet};
 use super::super::tests::{debian_keyrings, flood_at, gen, t0};
 use super::super::{parse_submission, Parsed};
 use super::super::{Limits, ThirdPartyPolicy};
-use super::{clean, shed, to_shed, within_limits};
+use super::{clean, shed, to_shed, within_limits, without_dropped};
 
 /// The flooding defence without the shortcut: always through the packets.
 fn shed_by_packets(cert: &Cert, limits: &Limits) -> Option<Vec<u8>> {
@@ -20,12 +20,12 @@ fn shed_by_packets(cert: &Cert, limits: &Limits) -> Option<Vec<u8>> {
     if !drop.iter().any(|d| *d) {
         return Some(cert.to_vec().unwrap());
     }
-    let kept = packets
-        .into_iter()
-        .zip(drop)
-        .filter(|(_, d)| !d)
-        .map(|(p, _)| p);
-    Some(Cert::from_packets(kept).unwrap().to_vec().unwrap())
+    Some(
+        Cert::from_packets(without_dropped(packets, drop))
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+    )
 }
 
 #[test]
